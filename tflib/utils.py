@@ -1,0 +1,100 @@
+"""Small shared helpers: explicit seeds, automatic device choice and the reproducibility footer.
+
+Every notebook of the course calls :func:`set_seed` near its top and :func:`footer` in its
+last cell (checklist item 16).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from importlib import metadata
+
+import numpy as np
+
+_T0 = time.perf_counter()
+_SEED: int | None = None
+
+#: Packages whose versions the footer reports.
+FOOTER_PACKAGES = (
+    "tflib", "numpy", "scipy", "pandas", "anndata", "scanpy", "scvelo", "cellrank",
+    "scvi-tools", "torch", "transformers", "scikit-learn",
+)
+
+
+def set_seed(seed: int = 0) -> np.random.Generator:
+    """Seed Python, NumPy and (if imported) torch, and return a NumPy ``Generator``.
+
+    Used by every chapter. Returns ``np.random.default_rng(seed)`` so code can pass an
+    explicit generator around instead of relying on global state.
+    """
+    global _SEED
+    _SEED = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a hard dependency, but keep import cheap
+        pass
+    return np.random.default_rng(seed)
+
+
+def get_device(prefer: str | None = None):
+    """Pick the best available torch device: CUDA, then Apple MPS, then CPU.
+
+    Parameters
+    ----------
+    prefer
+        Force a device string (e.g. ``"cpu"``). ``None`` (default) chooses automatically;
+        the environment variable ``TFLIB_DEVICE`` overrides it too. The course never
+        hard-codes an accelerator (chapters 05--07, 10).
+    """
+    import torch
+
+    choice = prefer or os.environ.get("TFLIB_DEVICE")
+    if choice:
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device(torch.cuda.current_device())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def footer(seed: int | None = None, extra: dict | None = None) -> dict:
+    """Print and return the reproducibility footer: versions, seed, hardware and runtime.
+
+    Called in the last cell of every notebook. The runtime is measured from the first
+    import of :mod:`tflib.utils` in the kernel.
+    """
+    info = {pkg: _version(pkg) for pkg in FOOTER_PACKAGES}
+    info["python"] = platform.python_version()
+    info["platform"] = f"{platform.system()} {platform.machine()}"
+    info["cpu cores"] = os.cpu_count()
+    try:
+        import torch
+
+        info["device"] = str(get_device())
+        info["torch threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    info["seed"] = seed if seed is not None else _SEED
+    info["runtime (s)"] = round(time.perf_counter() - _T0, 1)
+    if extra:
+        info.update(extra)
+    width = max(len(k) for k in info)
+    print("Reproducibility footer")
+    for k, v in info.items():
+        print(f"  {k:<{width}}  {v}")
+    return info
