@@ -10,7 +10,6 @@ TFLIB_DATA_MIRROR ?= $(if $(wildcard ../shared/data/MANIFEST.md),$(abspath ../sh
 export TFLIB_DATA_MIRROR
 # Keep BLAS from oversubscribing the 2 cores the course targets.
 export OMP_NUM_THREADS ?= 2
-export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 # Optional: a wheel index for CPU-only torch on a user's machine, e.g.
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu

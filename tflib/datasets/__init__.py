@@ -3,6 +3,14 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "available": "registry", "info": "registry", "get_entry": "registry", "REGISTRY": "registry",
+    "UnknownDatasetError": "registry",
+    "fetch": "retrieval", "cache_dir": "retrieval", "ChecksumMismatchError": "retrieval",
+    "DatasetUnavailableError": "retrieval",
+    "load": "readers",
+    # The module is "simulator", not "simulate": a submodule named like the function would
+    # replace the function on this package as soon as it is imported.
+    "simulate": "simulator", "knockout": "simulator", "overexpress": "simulator",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
