@@ -3,6 +3,13 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "TranscriptformerConfig": "transformer",
+    "Transcriptformer": "transformer",
+    "TranscriptformerOutput": "transformer",
+    "ClassificationHead": "transformer",
+    "load_pretrained": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "from_hf_dir": "hf",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

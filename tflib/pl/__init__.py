@@ -3,6 +3,11 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "workflow_figure": "workflow",
+    "fate_donuts": "fates",
+    "fate_colors": "fates",
+    "phase_portraits": "velocity",
+    "velocity_stream": "velocity",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

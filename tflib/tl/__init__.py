@@ -3,6 +3,36 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "embed": "embedding",  # not embed.py: a submodule named like the function would shadow it
+    "gene_embeddings": "embedding",
+    "velocity": "rna_velocity",  # not velocity.py: a submodule named like the function would shadow it
+    "velocity_qc": "rna_velocity",
+    "VelocityInputError": "rna_velocity",
+    "fates": "fate",
+    "fate_probs_frame": "fate",
+    "NoTerminalStateError": "fate",
+    "fate_drivers": "drivers",
+    "scvi_integrate": "integrate",
+    "map_query": "integrate",
+    "check_counts": "integrate",
+    "check_query_genes": "integrate",
+    "integration_metrics": "metrics",
+    "batch_asw": "metrics",
+    "label_asw": "metrics",
+    "ilisi": "metrics",
+    "kbet_acceptance": "metrics",
+    "cluster_agreement": "metrics",
+    "Split": "splits",
+    "SplitLeakError": "splits",
+    "make_split": "splits",
+    "check_split": "splits",
+    "check_class_sizes": "splits",
+    "pca_logreg": "annotate_baselines",
+    "project_pca": "annotate_baselines",
+    "transfer_labels": "annotate_baselines",
+    "evaluate_predictions": "annotate_baselines",
+    "per_class_recall": "annotate_baselines",
+    "baseline_classifiers": "annotate_baselines",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,6 +3,14 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "MaskingCollator": "data",
+    "SyntheticCorpus": "data",
+    "length_grouped_batches": "data",
+    "padding_fraction": "data",
+    "pad_batch": "data",
+    "PretrainConfig": "pretrain",
+    "PretrainResult": "pretrain",
+    "run_pretraining": "pretrain",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,122 @@
+"""tflib.train: masking, length-grouped batching, schedule, the loop, exact resume and the CLI."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tflib.train import MaskingCollator, PretrainConfig, length_grouped_batches, padding_fraction, run_pretraining
+from tflib.train.pretrain import lr_at
+
+torch.set_num_threads(1)
+
+TINY_MODEL = dict(max_len=40, n_layer=2, n_head=2, n_embd=32, n_inner=64, dropout=0.1, attn_dropout=0.1)
+TINY_DATA = dict(n_cells=48, vocab_size=80, min_len=8, max_len=40, seed=0)
+
+
+def recipe(tmp_path, **kw):
+    base = dict(model=TINY_MODEL, synthetic=TINY_DATA, out_dir=str(tmp_path / "run"), batch_size=8,
+                max_steps=6, warmup_steps=2, lr=3e-3, checkpoint_every=3, progress=False, device="cpu")
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_masking_rules():
+    seqs = [np.r_[2, np.arange(4, 400), 3]] * 50 + [np.r_[2, np.arange(4, 100), 3]] * 50
+    col = MaskingCollator(vocab_size=500)
+    b = col(seqs, generator=torch.Generator().manual_seed(0))
+    ids, labels, inp, mask = (torch.nn.utils.rnn.pad_sequence([torch.as_tensor(s) for s in seqs], batch_first=True),
+                              b["labels"], b["input_ids"], b["attention_mask"])
+    chosen = labels != -100
+    genes = mask & ~torch.isin(ids, torch.tensor([0, 1, 2, 3]))
+    assert not chosen[~genes].any()                                  # special tokens and padding never chosen
+    assert torch.equal(labels[chosen], ids[chosen])
+    frac = chosen.sum() / genes.sum()
+    assert 0.14 < frac < 0.16
+    as_mask = (inp[chosen] == 1).float().mean()
+    kept = (inp[chosen] == ids[chosen]).float().mean()
+    assert 0.78 < as_mask < 0.82 and 0.08 < kept < 0.12              # 80 / 10 / 10
+    assert not torch.isin(inp[chosen & (inp != 1) & (inp != ids)], torch.tensor([0, 1, 2, 3])).any()
+    assert torch.equal(inp[~chosen], ids[~chosen])
+    b2 = col(seqs, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(b2["input_ids"], inp)                          # seeded -> reproducible
+
+
+def test_length_grouping_reduces_padding():
+    lengths = np.random.default_rng(0).integers(10, 500, size=2000)
+    grouped = length_grouped_batches(lengths, 16, seed=0, epoch=0)
+    plain = length_grouped_batches(lengths, 16, seed=0, epoch=0, megabatch_mult=1)
+    assert sorted(np.concatenate(grouped)) == list(range(2000))      # every cell once
+    assert padding_fraction(lengths, grouped) < 0.1 < padding_fraction(lengths, plain)
+    again = length_grouped_batches(lengths, 16, seed=0, epoch=0)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
+    other = length_grouped_batches(lengths, 16, seed=0, epoch=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(grouped, other))
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = PretrainConfig(lr=1.0, min_lr=0.0, warmup_steps=4, max_steps=14)
+    lrs = [lr_at(s, cfg) for s in range(15)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and abs(lrs[9] - 0.5) < 1e-12 and lrs[14] == 0.0
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_loss_falls_and_files_written(tmp_path):
+    res = run_pretraining(recipe(tmp_path, max_steps=30, warmup_steps=3, lr=1e-2, checkpoint_every=10))
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5]) - 0.3
+    run = tmp_path / "run"
+    assert (run / "loss_log.csv").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert 0.0 <= res.padding_fraction < 0.5
+    assert len(list((run / "checkpoints").glob("step-*"))) == 2     # keep_checkpoints
+
+
+def test_exact_resume(tmp_path):
+    full = run_pretraining(recipe(tmp_path / "a"))
+    first = run_pretraining(recipe(tmp_path / "b", stop_after=3))         # "interrupted" after 3 steps
+    assert first.losses == full.losses[:3]
+    resumed = run_pretraining(recipe(tmp_path / "b"))                        # picks up checkpoints/step-000003
+    assert resumed.losses == full.losses                              # bit-for-bit equal, incl. dropout
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="recipe changed"):
+        run_pretraining(recipe(tmp_path / "b", lr=1e-2, max_steps=6))
+
+
+def test_cli(tmp_path):
+    cfg = recipe(tmp_path, max_steps=2)
+    path = tmp_path / "recipe.json"
+    d = {k: v for k, v in cfg.__dict__.items()}
+    path.write_text(json.dumps(d))
+    out = subprocess.run([sys.executable, "-m", "tflib.train.pretrain", "--config", str(path), "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    with pytest.raises(ValueError, match="unknown keys"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"learning_rate": 1}))
+        PretrainConfig.from_file(bad)
+
+
+def test_token_store_and_tokenizer_from_recipe(tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from tflib.models import load_pretrained
+    from tflib.tokenize import GeneVocab, RankValueTokenizer
+
+    genes = [f"G{i}" for i in range(40)]
+    tok = RankValueTokenizer(GeneVocab.from_genes(genes), {g: 1.0 + i % 4 for i, g in enumerate(genes)},
+                             preset="V2", max_len=32)
+    adata = ad.AnnData(sp.csr_matrix(np.random.default_rng(0).poisson(1.0, (24, 40)).astype(np.float32)))
+    adata.var_names = genes
+    tok.encode_to_store(adata, tmp_path / "store")
+    tok.save_pretrained(tmp_path / "tok")
+    res = run_pretraining(recipe(tmp_path, synthetic=None, data=str(tmp_path / "store"), tokenizer=str(tmp_path / "tok"),
+                                 max_steps=2, model=dict(TINY_MODEL, max_len=32)))
+    assert res.model.config.vocab_size == 44 and np.isfinite(res.losses).all()
+    model, saved_tok = load_pretrained(tmp_path / "run" / "model")
+    assert saved_tok.config() == tok.config()
