@@ -3,6 +3,8 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    # module "tokens", not "tokenize": a submodule named like the function would shadow it
+    "tokenize": "tokens", "check_tokenizer": "tokens",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,6 +3,26 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "GeneVocab": "vocab",
+    "SPECIAL_TOKENS": "vocab",
+    "VocabularyCoverageError": "vocab",
+    "load_gencode_table": "vocab",
+    "load_ortholog_table": "vocab",
+    "mouse_to_human": "vocab",
+    "GeneMedians": "medians",
+    "gene_medians": "medians",
+    "RankValueTokenizer": "rank",
+    "PRESETS": "rank",
+    "BinningTokenizer": "binning",
+    "TokenizedCells": "_core",
+    "TokenizerInputError": "_core",
+    "TokenizerMismatchError": "base",
+    "load_tokenizer": "base",
+    "check_configs": "base",
+    "validate_token_sequences": "base",
+    "TokenStore": "store",
+    "TokenStoreWriter": "store",
+    "PickleNotAllowedError": "geneformer",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

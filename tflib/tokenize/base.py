@@ -1,0 +1,281 @@
+"""What both tokenizers share: gene mapping, the chunked encode loop, the token store, configs.
+
+A tokenizer turns an AnnData (in memory, backed, or an ``.h5ad`` path) into token ids per cell.
+``encode`` returns an in-memory :class:`~tflib.tokenize._core.TokenizedCells`;
+``encode_to_store`` streams the same result chunk by chunk into an on-disk
+:class:`~tflib.tokenize.TokenStore`, so memory stays bounded by ``chunk_size``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._core import (TokenizedCells, concat, iter_csr_chunks, merge_report,
+                    new_report, open_source, validate_values)
+from .vocab import GeneVocab, VocabularyCoverageError
+
+CONFIG_FILE = "tokenizer_config.json"
+VOCAB_FILE = "vocab.json"
+MEDIANS_FILE = "gene_medians.json"
+
+
+class TokenizerMismatchError(ValueError):
+    """Tokens made with one tokenizer are used with another (different preset or vocabulary)."""
+
+
+class _Tokenizer:
+    """Base class; subclasses define ``kind``, ``config()`` and ``_encode_chunk``."""
+
+    kind = "base"
+
+    def __init__(self, vocab: GeneVocab, max_len: int):
+        if not isinstance(vocab, GeneVocab):
+            raise TypeError(f"vocab must be a tflib.tokenize.GeneVocab, got {type(vocab).__name__}.")
+        if max_len is None or int(max_len) < 1:
+            raise ValueError(f"max_len must be a positive integer, got {max_len!r}.")
+        self.vocab = vocab
+        self.max_len = int(max_len)
+
+    # -- config ---------------------------------------------------------------------------------
+    def _base_config(self) -> dict:
+        import tflib
+
+        v = self.vocab
+        return {"kind": self.kind, "max_len": self.max_len, "vocab_size": len(v),
+                "vocab_fingerprint": v.fingerprint, "gene_id_type": v.id_type,
+                "special_tokens": {t: v.token_to_id(t) for t in v.special_tokens},
+                "tflib_version": tflib.__version__}
+
+    def config(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        c = self.config()
+        keep = {k: c[k] for k in ("preset", "max_len", "n_bins", "seed", "vocab_size") if k in c}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in keep.items())})"
+
+    @property
+    def max_genes(self) -> int:
+        """Gene tokens per cell at most (``max_len`` minus the special tokens added)."""
+        return self.max_len - int(self.add_cls) - int(self.add_eos)
+
+    # -- mapping --------------------------------------------------------------------------------
+    def gene_columns(self, adata, *, gene_key=None, id_type="auto", species="auto", min_gene_fraction=0.25,
+                     check_coverage=True, gene_table=None, ortholog_table=None):
+        """Token id of every column of ``adata`` (``-1`` = not tokenized) and the mapping report."""
+        names = list(adata.var_names if gene_key is None else adata.var[gene_key].astype(str))
+        m = self.vocab.map_genes(names, id_type=id_type, species=species, gene_table=gene_table,
+                                 ortholog_table=ortholog_table)
+        colmap = m.ids.astype(np.int32)
+        colmap[~self._tokenizable[np.maximum(colmap, 0)]] = -1
+        frac = float((colmap >= 0).mean()) if colmap.size else 0.0
+        m.report["n_tokenizable"] = int((colmap >= 0).sum())
+        if check_coverage and frac < min_gene_fraction:
+            raise VocabularyCoverageError(
+                f"Only {frac:.1%} of the {len(names):,} genes can be tokenized (threshold {min_gene_fraction:.0%}; "
+                f"detected {m.report['id_type']} identifiers from {m.report['species']}). Fix: pass gene_key=/"
+                "id_type=/species= so the names map onto the vocabulary, or lower min_gene_fraction / pass "
+                "check_coverage=False to proceed.")
+        return colmap, m.report
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _iter_encoded(self, adata, *, layer, gene_key, id_type, species, input, chunk_size,
+                      check_coverage, min_gene_fraction, min_count_fraction, gene_table, ortholog_table):
+        colmap, mapping = self.gene_columns(adata, gene_key=gene_key, id_type=id_type, species=species,
+                                            min_gene_fraction=min_gene_fraction, check_coverage=check_coverage,
+                                            gene_table=gene_table, ortholog_table=ortholog_table)
+        state = self._start_state()
+        total = new_report()
+        total["mapping"] = mapping
+        total["counts_total"], total["counts_covered"] = 0.0, 0.0
+        dup = bool(np.unique(colmap[colmap >= 0]).size < (colmap >= 0).sum())
+        for start, stop, chunk in iter_csr_chunks(adata, layer, chunk_size):
+            data_min = validate_values(chunk.data, input, where=f" (cells {start}-{stop})")
+            part, rep = self._encode_chunk(chunk, data_min, colmap, dup, state, input)
+            part.obs_index = part.obs_index + start
+            covered = rep.pop("counts_covered")
+            all_counts = covered if rep.pop("all_kept") else float(chunk.data.sum(dtype=np.float64))
+            if check_coverage and start == 0 and all_counts > 0 and covered / all_counts < min_count_fraction:
+                raise VocabularyCoverageError(
+                    f"The tokenizable genes hold only {covered / all_counts:.1%} of the counts of the first "
+                    f"{stop:,} cells (threshold {min_count_fraction:.0%}). Fix: check gene_key/species, or lower "
+                    "min_count_fraction / pass check_coverage=False to proceed.")
+            total["counts_total"] += all_counts
+            total["counts_covered"] += covered
+            merge_report(total, rep)
+            yield start, stop, part, total
+        total["count_fraction_covered"] = (total["counts_covered"] / total["counts_total"]
+                                           if total["counts_total"] else 0.0)
+
+    def encode(self, adata, *, layer: str | None = None, gene_key: str | None = None, id_type: str = "auto",
+               species: str = "auto", input: str = "counts", chunk_size: int = 1024,
+               check_coverage: bool = True, min_gene_fraction: float = 0.25, min_count_fraction: float = 0.5,
+               obs_keys=None, gene_table=None, ortholog_table=None) -> TokenizedCells:
+        """Token ids of every cell (a ragged :class:`TokenizedCells`, indexable by cell).
+
+        Parameters
+        ----------
+        adata
+            AnnData (in memory or backed) or an ``.h5ad`` path, cells x genes.
+        layer
+            Where the counts are (default ``X``).
+        gene_key, id_type, species
+            How to read gene names (``var_names`` or a ``var`` column; Ensembl or symbol; human or
+            mouse: mouse symbols are mapped to human through orthologs).
+        input
+            ``"counts"`` (default; must be non-negative integers) or ``"normalized"``
+            (``counts / n_counts * 1e4`` already; not log-transformed).
+            No ``n_counts`` is needed: the per-cell total scales every gene of a cell alike,
+            so it cannot change a cell's tokens (rank) or bins (per-cell quantiles).
+        chunk_size
+            Cells per vectorised chunk; bounds peak memory.
+        check_coverage, min_gene_fraction, min_count_fraction
+            Raise :class:`~tflib.tokenize.VocabularyCoverageError` when too few genes or counts are
+            tokenizable; lower the thresholds or pass ``check_coverage=False`` to override.
+        obs_keys
+            obs columns to carry along into ``result.obs`` (default: all).
+
+        Cells with no counts in the tokenizable genes are skipped, counted in
+        ``report["n_cells_skipped_empty"]``; ``result.obs_index`` maps results to input rows.
+        """
+        adata = open_source(adata)
+        parts, total = [], new_report()
+        for _, _, part, total in self._iter_encoded(
+                adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
+                chunk_size=chunk_size, check_coverage=check_coverage,
+                min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
+                gene_table=gene_table, ortholog_table=ortholog_table):
+            parts.append(part)
+        out = concat(parts, self.config(), total)
+        obs = adata.obs if obs_keys is None else adata.obs[list(obs_keys)]
+        out.obs = obs.iloc[out.obs_index].copy()
+        return out
+
+    def encode_to_store(self, source, path, *, overwrite: bool = False, layer: str | None = None,
+                        gene_key: str | None = None, id_type: str = "auto", species: str = "auto",
+                        input: str = "counts", chunk_size: int = 256,
+                        check_coverage: bool = True, min_gene_fraction: float = 0.25,
+                        min_count_fraction: float = 0.5, obs_keys=None, gene_table=None, ortholog_table=None):
+        """Stream ``source`` (an ``.h5ad`` path is opened backed) into an on-disk token store.
+
+        Same parameters as :meth:`encode`. Peak memory is set by ``chunk_size``, not by the
+        number of cells. The store is written to a temporary folder and renamed at the end, so
+        an error leaves nothing half-written; an existing ``path`` is kept unless ``overwrite=True``.
+        Returns the opened :class:`~tflib.tokenize.TokenStore`.
+        """
+        from .store import TokenStore, TokenStoreWriter
+
+        adata = open_source(source)
+        obs = adata.obs if obs_keys is None else adata.obs[list(obs_keys)]
+        with TokenStoreWriter(path, config=self.config(), with_values=self.kind == "binning",
+                              overwrite=overwrite) as w:
+            total = {}
+            for start, stop, part, total in self._iter_encoded(
+                    adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
+                    chunk_size=chunk_size, check_coverage=check_coverage,
+                    min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
+                    gene_table=gene_table, ortholog_table=ortholog_table):
+                w.append(part.tokens, part.offsets, values=part.values, obs=obs.iloc[part.obs_index],
+                         obs_index=part.obs_index)
+            w.report.update(total)
+        return TokenStore.open(path)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_compatible(self, recorded: dict, what: str = "these tokens") -> None:
+        """Raise :class:`TokenizerMismatchError` if ``recorded`` (a config from a token store, from
+        ``adata.uns`` or from a model checkpoint) does not match this tokenizer."""
+        check_configs(recorded, self.config(), what=what)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory, overwrite: bool = False) -> Path:
+        """Write ``vocab.json``, ``tokenizer_config.json`` (and ``gene_medians.json``) into ``directory``."""
+        d = Path(directory)
+        files = self._files()
+        clash = [f for f in files if (d / f).exists()]
+        if clash and not overwrite:
+            raise FileExistsError(f"{d} already holds {clash}; pass overwrite=True to replace them.")
+        d.mkdir(parents=True, exist_ok=True)
+        self.vocab.save(d / VOCAB_FILE, overwrite=True)
+        (d / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        self._save_extra(d)
+        return d
+
+    def _files(self) -> list[str]:
+        return [VOCAB_FILE, CONFIG_FILE]
+
+    def _save_extra(self, d: Path) -> None:
+        pass
+
+
+_MUST_MATCH = ("kind", "preset", "vocab_fingerprint", "vocab_size", "max_len", "n_bins", "medians_fingerprint",
+               "add_cls", "add_eos")
+
+
+def check_configs(recorded: dict, current: dict, what: str = "these tokens") -> None:
+    """Compare two tokenizer configs on the keys that change token meaning; raise on a mismatch."""
+    diffs = {k: (recorded.get(k), current.get(k)) for k in _MUST_MATCH
+             if k in recorded and k in current and recorded.get(k) != current.get(k)}
+    if diffs:
+        detail = "; ".join(f"{k}: recorded {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+        hint = ""
+        if "preset" in diffs or "vocab_fingerprint" in diffs:
+            hint = (" Geneformer V1 and V2 ids are not interchangeable (in V2, id 2 is <cls>; in V1 it is a gene).")
+        raise TokenizerMismatchError(f"{what} were made with a different tokenizer ({detail}).{hint} Fix: "
+                                     "re-tokenize with the current tokenizer or load the one that made them "
+                                     "(tflib.tokenize.load_tokenizer).")
+
+
+def load_tokenizer(directory):
+    """Load a tokenizer written by ``save_pretrained`` (either kind)."""
+    d = Path(directory)
+    if not (d / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{d / CONFIG_FILE} not found; save one with tokenizer.save_pretrained({str(d)!r}).")
+    cfg = json.loads((d / CONFIG_FILE).read_text())
+    vocab = GeneVocab.load(d / VOCAB_FILE)
+    if vocab.fingerprint != cfg.get("vocab_fingerprint", vocab.fingerprint):
+        raise TokenizerMismatchError(f"{d}: vocab.json does not match tokenizer_config.json (fingerprints "
+                                     f"{vocab.fingerprint} vs {cfg['vocab_fingerprint']}).")
+    if cfg["kind"] == "rank_value":
+        from .medians import GeneMedians
+        from .rank import RankValueTokenizer
+
+        tok = RankValueTokenizer(vocab, GeneMedians.load(d / MEDIANS_FILE), preset=cfg["preset"],
+                                 max_len=cfg["max_len"], target_sum=cfg["target_sum"])
+    elif cfg["kind"] == "binning":
+        from .binning import BinningTokenizer
+
+        tok = BinningTokenizer(vocab, n_bins=cfg["n_bins"], seed=cfg["seed"], max_len=cfg["max_len"])
+    else:
+        raise ValueError(f"Unknown tokenizer kind {cfg['kind']!r} in {d / CONFIG_FILE}.")
+    check_configs(cfg, tok.config(), what=f"{d}")
+    return tok
+
+
+def validate_token_sequences(cells, tokenizer) -> None:
+    """Check that ragged token ids fit ``tokenizer``: ids inside the vocabulary and, for presets with
+    ``<cls>``/``<eos>``, every sequence framed by them. Raises :class:`TokenizerMismatchError`
+    (e.g. V1 tokens, which have no ``<cls>``, given to a V2 vocabulary)."""
+    tokens = np.asarray(cells.tokens)
+    offsets = np.asarray(cells.offsets)
+    n = len(offsets) - 1
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= len(tokenizer.vocab)):
+        raise TokenizerMismatchError(f"Token ids range {tokens.min()}..{tokens.max()} exceeds the vocabulary "
+                                     f"({len(tokenizer.vocab)} ids). Fix: use the vocabulary that made them.")
+    nonempty = np.diff(offsets) > 0
+    if n and getattr(tokenizer, "add_cls", False):
+        bad = int((tokens[offsets[:-1][nonempty]] != tokenizer.vocab.cls_id).sum())
+        if bad:
+            raise TokenizerMismatchError(
+                f"{bad} of {n} sequences do not start with <cls> (id {tokenizer.vocab.cls_id}); they look like V1 "
+                "tokens (no special tokens) given to a V2 tokenizer/vocabulary. Fix: re-tokenize with preset='V2'.")
+    if n and getattr(tokenizer, "add_eos", False):
+        bad = int((tokens[offsets[1:][nonempty] - 1] != tokenizer.vocab.eos_id).sum())
+        if bad:
+            raise TokenizerMismatchError(f"{bad} of {n} sequences do not end with <eos>; re-tokenize with preset='V2'.")
+    if n and not getattr(tokenizer, "add_cls", True):
+        specials = [i for i in (tokenizer.vocab.cls_id, tokenizer.vocab.eos_id) if i is not None]
+        if specials and np.isin(tokens, specials).any():
+            raise TokenizerMismatchError("These sequences contain <cls>/<eos> ids, but the tokenizer is V1 (no "
+                                         "special tokens). Fix: use preset='V2' or re-tokenize with V1.")
