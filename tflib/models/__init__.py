@@ -10,6 +10,7 @@ _EXPORTS: dict[str, str] = {
     "load_pretrained": "checkpoint",
     "CheckpointError": "checkpoint",
     "from_hf_dir": "hf",
+    "course_checkpoint": "course",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
