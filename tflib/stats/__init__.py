@@ -3,6 +3,8 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
+    "bootstrap_ci": "bootstrap",
+    "BootstrapResult": "bootstrap",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,85 @@
+"""Split hygiene: explicit splits by group, leak detection, and classes too small to learn."""
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from tflib.tl import SplitLeakError, check_class_sizes, check_split, make_split
+
+
+@pytest.fixture
+def adata():
+    n = 60
+    obs = pd.DataFrame(
+        {
+            "donor": np.repeat(["d1", "d2", "d3", "d4"], 15),
+            "cell_type": np.tile(["T", "B", "NK"], 20),
+        },
+        index=[f"cell{i}" for i in range(n)],
+    )
+    return ad.AnnData(np.zeros((n, 3), dtype=np.float32), obs=obs)
+
+
+def test_split_by_named_group(adata):
+    split = make_split(adata, by="donor", test="d2")
+    assert len(split.test) == 15 and len(split.train) == 45
+    assert set(adata.obs.loc[split.test, "donor"]) == {"d2"}
+    assert "d2" not in set(adata.obs.loc[split.train, "donor"])
+    assert adata.obs["split"].value_counts()["test"] == 15
+    assert "by 'donor'" in split.describe()
+
+
+def test_random_group_split_is_seeded_and_never_shares_a_group(adata):
+    a = make_split(adata, by="donor", test_size=0.5, seed=3, key=None)
+    b = make_split(adata, by="donor", test_size=0.5, seed=3, key=None)
+    assert a.test_groups == b.test_groups and len(a.test_groups) == 2
+    assert not set(adata.obs.loc[a.train, "donor"]) & set(adata.obs.loc[a.test, "donor"])
+    assert "split" not in adata.obs
+
+
+def test_cell_level_split_stratified(adata):
+    split = make_split(adata, test_size=0.5, stratify="cell_type", seed=0)
+    counts = adata.obs.loc[split.test, "cell_type"].value_counts()
+    assert counts.tolist() == [10, 10, 10]
+    assert len(split.train.intersection(split.test)) == 0
+
+
+def test_leaking_cells_raise(adata):
+    with pytest.raises(SplitLeakError, match=r"2 cell\(s\) are in both train and test"):
+        check_split(adata, train=adata.obs_names[:40], test=adata.obs_names[38:])
+
+
+def test_leaking_groups_raise(adata):
+    # Disjoint cells, but donor d3 sits on both sides of a split that claims to be by donor.
+    with pytest.raises(SplitLeakError, match=r"\['d3'\] occur in both"):
+        check_split(adata, train=adata.obs_names[:35], test=adata.obs_names[35:], by="donor")
+
+
+def test_boolean_masks_and_duplicate_names(adata):
+    m = np.zeros(adata.n_obs, bool)
+    m[:30] = True
+    check_split(adata, train=m, test=~m)  # clean
+    with pytest.raises(SplitLeakError, match="both"):
+        check_split(adata, train=m, test=m | ~m)
+    dup = adata.copy()
+    dup.obs_names = ["same"] * 2 + list(dup.obs_names[2:])
+    with pytest.raises(SplitLeakError, match="obs_names_make_unique"):
+        make_split(dup, by="donor", test="d1")
+
+
+def test_bad_split_requests(adata):
+    with pytest.raises(ValueError, match="do not occur"):
+        make_split(adata, by="donor", test="d9")
+    with pytest.raises(ValueError, match="no training cells"):
+        make_split(adata, by="donor", test=["d1", "d2", "d3", "d4"])
+    with pytest.raises(KeyError, match="batch"):
+        make_split(adata, by="batch", test="x")
+    with pytest.raises(ValueError, match="not in adata"):
+        check_split(adata, train=["nope"], test=adata.obs_names[:3])
+
+
+def test_class_with_fewer_than_two_training_cells_raises():
+    labels = ["T"] * 5 + ["B"] * 3 + ["Eryth"]
+    with pytest.raises(ValueError, match=r"'Eryth' \(1\).*Fix: drop or merge"):
+        check_class_sizes(labels)
+    assert check_class_sizes(labels[:-1]).to_dict() == {"T": 5, "B": 3}

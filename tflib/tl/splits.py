@@ -1,0 +1,252 @@
+"""Explicit train/test splits and the checks that keep them honest.
+
+Chapters 02 and 07 evaluate every classifier and every atlas mapping on a split that is
+*named* in the code (which batch, which donor, which cells), written into ``adata.obs`` and
+checked for leaks before any model sees it. Two kinds of leak are caught:
+
+* the same cell (``obs_names`` entry) in both parts;
+* the same *group* (batch, donor, sample) in both parts, when the split claims to be by group.
+
+A split by group is the honest default for single-cell data: cells from one donor or one batch
+share technical and biological signal, so a random cell-level split overstates accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Split", "SplitLeakError", "make_split", "check_split", "check_class_sizes"]
+
+
+class SplitLeakError(ValueError):
+    """Raised when train and test share cells or (for a group split) groups."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A named train/test partition of an AnnData's cells.
+
+    Attributes
+    ----------
+    train, test
+        ``obs_names`` of the two parts (disjoint; see :func:`check_split`).
+    by
+        The ``obs`` column the split respects (no value of it in both parts), or ``None`` for a
+        cell-level random split.
+    test_groups
+        The values of ``by`` that form the test part (empty for a cell-level split).
+    seed
+        The seed used (``None`` when nothing was random).
+    """
+
+    train: pd.Index
+    test: pd.Index
+    by: str | None = None
+    test_groups: tuple = ()
+    seed: int | None = None
+
+    def masks(self, adata) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean masks (train, test) over ``adata.obs_names``."""
+        return adata.obs_names.isin(self.train), adata.obs_names.isin(self.test)
+
+    def describe(self) -> str:
+        """One line for a notebook: sizes and what the split is by."""
+        how = f"by {self.by!r}, test = {list(self.test_groups)}" if self.by else "cell-level random"
+        return f"Split ({how}): {len(self.train)} train cells, {len(self.test)} test cells"
+
+
+def _check_unique_names(adata) -> None:
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()[:5].tolist()
+        raise SplitLeakError(
+            f"obs_names are not unique (e.g. {dup}), so a split by name could put one cell in "
+            "both parts. Fix: call adata.obs_names_make_unique() before splitting."
+        )
+
+
+def make_split(
+    adata,
+    *,
+    by: str | None = None,
+    test=None,
+    test_size: float = 0.25,
+    seed: int = 0,
+    stratify: str | None = None,
+    key: str | None = "split",
+) -> Split:
+    """Split cells into train and test, explicitly, and record it in ``adata.obs[key]``.
+
+    Used in chapters 02 (reference vs query for atlas mapping) and 07 (annotation).
+
+    Parameters
+    ----------
+    adata
+        The cells to split.
+    by
+        An ``obs`` column (batch, donor, condition). Whole groups go to one side only.
+    test
+        With ``by``: the group value (or list of values) that forms the test part, e.g.
+        ``by="stim", test="STIM"``. If ``None``, a random ``test_size`` fraction of the groups
+        (at least one) is drawn with ``seed``.
+    test_size
+        Fraction for random splits: of groups with ``by``, of cells without it.
+    seed
+        Seed for the random draws.
+    stratify
+        Without ``by`` only: an ``obs`` column whose proportions the two parts keep
+        (e.g. ``"cell_type"``).
+    key
+        ``obs`` column that receives ``"train"``/``"test"`` (categorical); ``None`` writes
+        nothing.
+
+    Returns
+    -------
+    Split
+        The partition; it has already passed :func:`check_split`.
+    """
+    _check_unique_names(adata)
+    names = adata.obs_names
+    if by is not None:
+        if by not in adata.obs:
+            raise KeyError(
+                f"adata.obs has no column {by!r} to split by. Available: {list(adata.obs.columns)}."
+            )
+        groups = adata.obs[by].astype(str).to_numpy()
+        levels = np.unique(groups)
+        if len(levels) < 2:
+            raise ValueError(
+                f"obs[{by!r}] has a single value ({levels[0]!r}); a split by it would leave one part "
+                "empty. Split by another column or use by=None for a cell-level split."
+            )
+        if test is None:
+            rng = np.random.default_rng(seed)
+            n_test = max(1, int(round(test_size * len(levels))))
+            n_test = min(n_test, len(levels) - 1)
+            test_groups = tuple(sorted(rng.choice(levels, size=n_test, replace=False).tolist()))
+        else:
+            wanted = [test] if np.isscalar(test) else list(test)
+            test_groups = tuple(str(t) for t in wanted)
+            unknown = sorted(set(test_groups) - set(levels))
+            if unknown:
+                raise ValueError(
+                    f"Test group(s) {unknown} do not occur in obs[{by!r}], whose values are "
+                    f"{levels.tolist()}. Pick test= from those values."
+                )
+            if set(test_groups) == set(levels):
+                raise ValueError(
+                    f"test={list(test_groups)} covers every value of obs[{by!r}], leaving no "
+                    "training cells. Leave at least one group for training."
+                )
+        is_test = np.isin(groups, test_groups)
+        split = Split(names[~is_test], names[is_test], by=by, test_groups=test_groups,
+                      seed=seed if test is None else None)
+    else:
+        if not 0.0 < test_size < 1.0:
+            raise ValueError(f"test_size must lie strictly between 0 and 1, got {test_size}.")
+        from sklearn.model_selection import train_test_split
+
+        strat = None
+        if stratify is not None:
+            if stratify not in adata.obs:
+                raise KeyError(f"adata.obs has no column {stratify!r} to stratify by.")
+            strat = adata.obs[stratify].astype(str).to_numpy()
+        idx = np.arange(adata.n_obs)
+        tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+        split = Split(names[np.sort(tr)], names[np.sort(te)], by=None, seed=seed)
+
+    check_split(adata, split)
+    if key is not None:
+        adata.obs[key] = pd.Categorical(
+            np.where(names.isin(split.test), "test", "train"), categories=["train", "test"]
+        )
+    return split
+
+
+def check_split(adata, split: Split | None = None, *, train=None, test=None, by: str | None = None):
+    """Raise :class:`SplitLeakError` if train and test share cells or groups.
+
+    Used before every evaluation in chapters 02 and 07. Pass either a :class:`Split` or the
+    ``train``/``test`` cell names (or boolean masks over ``adata``) directly.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the names refer to.
+    split
+        A :class:`Split`; its ``by`` is checked unless ``by`` is given.
+    train, test
+        Alternatively, ``obs_names`` (or boolean masks) of the two parts.
+    by
+        An ``obs`` column whose values must not occur on both sides.
+
+    Returns
+    -------
+    None
+        Silent when the split is clean.
+    """
+    _check_unique_names(adata)
+    if split is not None:
+        train, test = split.train, split.test
+        by = by if by is not None else split.by
+    if train is None or test is None:
+        raise TypeError("Pass a Split, or both train= and test=.")
+
+    def _names(part, what):
+        arr = np.asarray(part)
+        if arr.dtype == bool:
+            if arr.shape[0] != adata.n_obs:
+                raise ValueError(f"The {what} mask has {arr.shape[0]} entries, adata has {adata.n_obs} cells.")
+            return adata.obs_names[arr]
+        idx = pd.Index(arr.astype(str))
+        if not idx.is_unique:
+            dup = idx[idx.duplicated()].unique()[:5].tolist()
+            raise SplitLeakError(f"The {what} part lists cells more than once (e.g. {dup}). Deduplicate it.")
+        missing = idx.difference(adata.obs_names)
+        if len(missing):
+            raise ValueError(
+                f"{len(missing)} {what} cell(s) are not in adata (e.g. {missing[:3].tolist()}). "
+                "Build the split from this AnnData's obs_names."
+            )
+        return idx
+
+    tr, te = _names(train, "train"), _names(test, "test")
+    if len(tr) == 0 or len(te) == 0:
+        raise ValueError(f"Empty split part: {len(tr)} train and {len(te)} test cells.")
+    shared = tr.intersection(te)
+    if len(shared):
+        raise SplitLeakError(
+            f"{len(shared)} cell(s) are in both train and test (e.g. {shared[:3].tolist()}): the "
+            "test score would be inflated. Fix: build the split with tflib.tl.make_split, or drop "
+            "these cells from one side."
+        )
+    if by is not None:
+        if by not in adata.obs:
+            raise KeyError(f"adata.obs has no column {by!r}.")
+        col = adata.obs[by].astype(str)
+        both = sorted(set(col.loc[tr]) & set(col.loc[te]))
+        if both:
+            raise SplitLeakError(
+                f"The split is meant to be by {by!r}, but group(s) {both[:5]} occur in both train "
+                f"and test. Fix: assign whole {by!r} groups to one side (make_split(by={by!r}, ...))."
+            )
+
+
+def check_class_sizes(labels, *, min_cells: int = 2, where: str = "training") -> pd.Series:
+    """Raise if any class has fewer than ``min_cells`` cells; return the class counts.
+
+    Used by the annotation baselines and label transfer (chapters 02, 07): a class seen once
+    (or never) in training cannot be learned, and a classifier would silently never predict it.
+    """
+    counts = pd.Series(np.asarray(labels).astype(str)).value_counts()
+    small = counts[counts < min_cells]
+    if len(small):
+        listing = ", ".join(f"{k!r} ({v})" for k, v in small.items())
+        raise ValueError(
+            f"{len(small)} class(es) have fewer than {min_cells} {where} cells: {listing}. "
+            "Fix: drop or merge these classes (e.g. adata = adata[~adata.obs[label_key]"
+            f".isin({small.index.tolist()})]), or choose a split that puts at least {min_cells} "
+            f"cells of each class in {where}."
+        )
+    return counts
