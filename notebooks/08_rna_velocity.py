@@ -355,8 +355,8 @@ plt.show()
 # %% [markdown]
 # **Figure 5.** Phase portraits of three velocity genes fitted by the dynamical model,
 # coloured by cluster. The black curve is scVelo's fitted on–off trajectory: induction from
-# the origin up to the gene's switching time, then repression back towards it. (The
-# steady-state line of the legend is not drawn here: the dynamical model does not fit one.)
+# the origin up to the gene's switching time, then repression back towards it. There is no
+# steady-state line here: the dynamical model does not fit one.
 # Instead of assuming that the extreme cells are at equilibrium, the model places every cell
 # on the curve and reads its velocity from that position.
 #

@@ -101,7 +101,7 @@ def phase_portraits(
     ncols = max(1, min(ncols, len(genes)))
     nrows = int(np.ceil(len(genes) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, panel_size * nrows), squeeze=False)
-    mappable = None
+    mappable, drew_line = None, False
     for ax, gene in zip(axes.ravel(), genes):
         j = int(adata.var_names.get_loc(gene))
         s, u = _dense_col(adata.layers[skey], j), _dense_col(adata.layers[ukey], j)
@@ -113,6 +113,7 @@ def phase_portraits(
             offset = 0.0 if not np.isfinite(offset) else offset
             xs = np.linspace(0, np.nanmax(s) if np.nanmax(s) > 0 else 1.0, 50)
             ax.plot(xs, gamma * xs + offset, color="#000000", linestyle="--", linewidth=1.2)
+            drew_line = True
         is_vgene = bool(adata.var["velocity_genes"].iloc[j]) if "velocity_genes" in adata.var else True
         ax.set_title(gene if is_vgene else f"{gene} (not a velocity gene)", fontsize=10)
         ax.set_xlabel("spliced" + (" (Ms)" if use_moments else ""))
@@ -121,7 +122,8 @@ def phase_portraits(
             ax.spines[side].set_visible(False)
     for ax in axes.ravel()[len(genes):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color="#000000", linestyle="--", label="steady state (u = γ s)")]
+    # The steady-state line exists only after a steady-state/stochastic fit (not after dynamical).
+    handles = [Line2D([], [], color="#000000", linestyle="--", label="steady state (u = γ s)")] if drew_line else []
     if table:
         handles += [Line2D([], [], marker="o", linestyle="", color=c, label=n) for n, c in table.items()]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
