@@ -98,3 +98,20 @@ def footer(seed: int | None = None, extra: dict | None = None) -> dict:
     for k, v in info.items():
         print(f"  {k:<{width}}  {v}")
     return info
+
+
+def write_json(path, obj, overwrite: bool = False):
+    """Write ``obj`` as JSON to ``path``, refusing to replace an existing file unless ``overwrite``.
+
+    Shared by the vocabulary and gene-median files of :mod:`tflib.tokenize` (chapter 04), so that
+    nothing on disk is replaced by accident.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tflib.utils import write_json
+
 from ._core import (cell_totals, check_totals, collapse_duplicates, iter_csr_chunks, open_source, project, row_ids,
                     validate_values)
 
@@ -101,12 +103,7 @@ class GeneMedians:
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Write as JSON (floats round-trip exactly). Refuses to replace a file unless ``overwrite=True``."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict()))
-        return path
+        return write_json(path, self.to_dict(), overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "GeneMedians":

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tflib.utils import write_json
+
 #: Default special tokens, in id order (``<pad>`` = 0, ``<mask>`` = 1, ``<cls>`` = 2, ``<eos>`` = 3).
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<mask>", "<cls>", "<eos>")
 
@@ -294,12 +296,7 @@ class GeneVocab:
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the vocabulary as JSON (tokens in id order). Refuses to replace a file unless
         ``overwrite=True``."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict()))
-        return path
+        return write_json(path, self.to_dict(), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GeneVocab":
