@@ -1,11 +1,11 @@
 """Sphinx extension: two small fixes to how the course book is executed and rendered.
 
-1. **Figures in executed notebooks.** ``make`` exports ``MPLBACKEND=Agg`` so that tests and
-   scripts never open windows. Kernels started by the book build inherit that variable, and
-   ipykernel then keeps Agg instead of its inline backend: every ``plt.show()`` would draw
-   nothing and the pages would have no figures. On ``config-inited`` this extension removes
-   a non-inline ``MPLBACKEND`` from the build process's environment (which the kernels
-   inherit), so notebooks get the usual inline figures. Set ``course_keep_mplbackend: true``
+1. **Figures in executed notebooks.** A user or CI job that exports ``MPLBACKEND=Agg`` (handy
+   for scripts that must never open windows) would pass it to the kernels started by the
+   book build, and ipykernel then keeps Agg instead of its inline backend: every
+   ``plt.show()`` would draw nothing and the pages would have no figures. On
+   ``config-inited`` this extension removes a non-inline ``MPLBACKEND`` from the build
+   process's environment (which the kernels inherit). Set ``course_keep_mplbackend: true``
    in ``sphinx: config:`` to switch this off.
 2. **No launch buttons on prose pages.** The welcome page is a MyST text notebook (so that it
    can draw the workflow figure), which makes sphinx-book-theme add Colab/Binder/JupyterHub
