@@ -87,10 +87,8 @@ def dense(M):
 
 
 def rowcorr(x, y):
-    """Pearson correlation of each row of x with the same row of y."""
-    x = x - x.mean(1, keepdims=True)
-    y = y - y.mean(1, keepdims=True)
-    return (x * y).sum(1) / np.sqrt((x * x).sum(1) * (y * y).sum(1) + 1e-12)
+    """Per-cell Pearson correlation (tflib.stats.row_pearson); a cell with no variance counts as 0."""
+    return np.nan_to_num(tflib.stats.row_pearson(x, y))
 
 
 # %% [markdown]

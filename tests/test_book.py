@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _toc import toc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -22,22 +23,7 @@ pytestmark = pytest.mark.book
 
 
 def _toc_notebooks() -> list[str]:
-    yaml = pytest.importorskip("yaml")
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    out: list[str] = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if str(node.get("file", "")).endswith(".ipynb"):
-                out.append(node["file"][: -len(".ipynb")])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(toc)
-    return out
+    return [f[: -len(".ipynb")] for f in toc_files() if f.endswith(".ipynb")]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from _toc import toc_files
 
 jupytext = pytest.importorskip("jupytext")
 
@@ -145,22 +146,7 @@ def test_objectives_on_top_and_takeaways_section(ipynb: Path):
 
 
 def _toc_files() -> set[str]:
-    yaml = pytest.importorskip("yaml")
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    found: set[str] = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                found.add(re.sub(r"\.(ipynb|md)$", "", str(node["file"])))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(toc)
-    return found
+    return {re.sub(r"\.(ipynb|md)$", "", f) for f in toc_files()}
 
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=_ids(NOTEBOOKS))

@@ -5,6 +5,7 @@ from tflib._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "bootstrap_ci": "bootstrap",
     "BootstrapResult": "bootstrap",
+    "row_pearson": "correlation",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
