@@ -83,3 +83,32 @@ def test_class_with_fewer_than_two_training_cells_raises():
     with pytest.raises(ValueError, match=r"'Eryth' \(1\).*Fix: drop or merge"):
         check_class_sizes(labels)
     assert check_class_sizes(labels[:-1]).to_dict() == {"T": 5, "B": 3}
+
+
+def test_subsample_split_keeps_groups_and_strata(adata):
+    from tflib.tl import subsample_split
+
+    split = make_split(adata, by="donor", test="d2", key=None)
+    small = subsample_split(adata, split, n_train=30, n_test=9, stratify="cell_type", seed=1)
+    assert len(small.train) == 30 and len(small.test) == 9
+    assert set(small.train) <= set(split.train) and set(small.test) <= set(split.test)
+    assert adata.obs.loc[small.test, "cell_type"].value_counts().tolist() == [3, 3, 3]
+    again = subsample_split(adata, split, n_train=30, n_test=9, stratify="cell_type", seed=1)
+    assert small.train.equals(again.train)
+
+
+def test_downsample_class_makes_it_rare_in_training_only(adata):
+    from tflib.tl import downsample_class
+
+    split = make_split(adata, by="donor", test="d4", key=None)          # 45 train cells, 15 per type
+    rare = downsample_class(adata, split, "cell_type", "NK", fraction=0.1, seed=0)
+    train_types = adata.obs.loc[rare.train, "cell_type"]
+    # 30 other training cells; 10 % of the training set -> round(0.1 * 30 / 0.9) = 3 NK cells
+    assert (train_types == "NK").sum() == 3 and (train_types != "NK").sum() == 30
+    assert rare.test.equals(split.test)
+    tiny = downsample_class(adata, split, "cell_type", "NK", fraction=0.001)
+    assert (adata.obs.loc[tiny.train, "cell_type"] == "NK").sum() == 2   # never fewer than 2
+    with pytest.raises(ValueError, match="no training cells"):
+        downsample_class(adata, split, "cell_type", "Mono")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        downsample_class(adata, split, "cell_type", "NK", fraction=1.5)

@@ -12,6 +12,15 @@ _EXPORTS: dict[str, str] = {
     "fate_probs_frame": "fate",
     "NoTerminalStateError": "fate",
     "fate_drivers": "drivers",
+    "vocab_labels": "trajectory",
+    "embedding_velocity": "trajectory",
+    "embedding_kernel": "trajectory",
+    "TrajectoryAwareTranscriptformer": "trajectory",
+    "row_cosine": "trajectory_metrics",
+    "match_terminal_states": "trajectory_metrics",
+    "fates_in_truth_space": "trajectory_metrics",
+    "fate_accuracy": "trajectory_metrics",
+    "cross_boundary_correctness": "trajectory_metrics",
     "scvi_integrate": "integrate",
     "map_query": "integrate",
     "check_counts": "integrate",
@@ -33,6 +42,14 @@ _EXPORTS: dict[str, str] = {
     "evaluate_predictions": "annotate_baselines",
     "per_class_recall": "annotate_baselines",
     "baseline_classifiers": "annotate_baselines",
+    "finetune_annotator": "annotation",
+    "annotate": "annotation",  # not annotate.py: a submodule named like the function would shadow it
+    "confusion_frame": "annotation",
+    "bag_of_tokens": "annotation",
+    "expected_calibration_error": "annotation",
+    "calibration_report": "annotation",
+    "downsample_class": "splits",
+    "subsample_split": "splits",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Split", "SplitLeakError", "make_split", "check_split", "check_class_sizes"]
+__all__ = ["Split", "SplitLeakError", "make_split", "check_split", "check_class_sizes", "subsample_split",
+           "downsample_class"]
 
 
 class SplitLeakError(ValueError):
@@ -250,3 +251,62 @@ def check_class_sizes(labels, *, min_cells: int = 2, where: str = "training") ->
             f"cells of each class in {where}."
         )
     return counts
+
+
+def subsample_split(adata, split: Split, *, n_train: int | None = None, n_test: int | None = None,
+                    stratify: str | None = None, seed: int = 0) -> Split:
+    """A smaller split with the same groups: at most ``n_train`` / ``n_test`` cells of each part.
+
+    Chapter 07 uses it to fit fine-tuning into its CPU budget. Cells are drawn without
+    replacement (stratified by ``obs[stratify]`` when given, so rare classes keep their share);
+    nothing moves between the parts, so the split stays as leak-free as the original.
+    """
+    from sklearn.model_selection import train_test_split
+
+    def _draw(names, n, offset):
+        if n is None or n >= len(names):
+            return names
+        strat = adata.obs.loc[names, stratify].astype(str).to_numpy() if stratify else None
+        try:
+            keep, _ = train_test_split(np.asarray(names), train_size=int(n), random_state=seed + offset,
+                                       stratify=strat)
+        except ValueError:                                              # a class too small to stratify
+            keep, _ = train_test_split(np.asarray(names), train_size=int(n), random_state=seed + offset)
+        return pd.Index(np.sort(keep))
+
+    check_split(adata, split)
+    out = Split(_draw(split.train, n_train, 0), _draw(split.test, n_test, 1), by=split.by,
+                test_groups=split.test_groups, seed=seed)
+    check_split(adata, out)
+    return out
+
+
+def downsample_class(adata, split: Split, label_key: str, cls: str, *, fraction: float = 0.015,
+                     seed: int = 0) -> Split:
+    """Keep only enough training cells of class ``cls`` that they make up ``fraction`` of training.
+
+    The rare-population experiment of chapter 07: the test part is unchanged, so every method's
+    recall on ``cls`` is measured on the same, full set of test cells. At least 2 training cells
+    of ``cls`` are kept (fewer cannot be learned; see :func:`check_class_sizes`).
+
+    Returns
+    -------
+    Split
+        The new split (the rare class is about ``fraction`` of its training cells).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction={fraction} must lie strictly between 0 and 1 (e.g. 0.015 for 1.5 %).")
+    check_split(adata, split)
+    labels = adata.obs.loc[split.train, label_key].astype(str)
+    if cls not in set(labels):
+        raise ValueError(f"class {cls!r} has no training cells; classes: {sorted(labels.unique())}.")
+    others = labels.index[labels != cls]
+    target = labels.index[labels == cls]
+    n_keep = max(2, int(round(fraction * len(others) / (1.0 - fraction))))
+    if n_keep < len(target):
+        rng = np.random.default_rng(seed)
+        target = pd.Index(np.sort(rng.choice(np.asarray(target), size=n_keep, replace=False)))
+    train = split.train[split.train.isin(others.append(target))]
+    out = Split(train, split.test, by=split.by, test_groups=split.test_groups, seed=seed)
+    check_split(adata, out)
+    return out

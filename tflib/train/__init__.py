@@ -11,6 +11,10 @@ _EXPORTS: dict[str, str] = {
     "PretrainConfig": "pretrain",
     "PretrainResult": "pretrain",
     "run_pretraining": "pretrain",
+    "FinetuneConfig": "finetuning",
+    "FinetunedModel": "finetuning",
+    "CellModel": "finetuning",
+    "finetune": "finetuning",  # not finetune.py: the module would shadow the function
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
