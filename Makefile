@@ -32,10 +32,12 @@ $(VENV)/.installed: pyproject.toml .ci/overrides.txt
 	$(PY) -c "import cellrank; assert cellrank.__version__.startswith('2'), cellrank.__version__"
 	touch $@
 
-# Everything CI checks: unit tests, notebook pairing, nbval over every notebook, and the
-# book built with warnings as errors -- one pytest run, one summary line.
+# Everything CI checks: unit tests, notebook pairing, and the book built with warnings as
+# errors (tests/test_book.py), which executes every notebook once: a failing cell or assertion
+# fails the build and its traceback is in the test output. One pytest run, one summary line.
+# `make notebooks` runs the notebooks a second way (nbval), cell by cell, when debugging.
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax --durations=15
+	$(PY) -m pytest tests --durations=15
 
 unit: setup
 	$(PY) -m pytest tests -m "not book"

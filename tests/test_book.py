@@ -42,7 +42,7 @@ def test_book_builds_without_warnings(build):
         warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
         pytest.fail(
             f"jupyter-book build -n -W --keep-going exited {build.returncode}.\n"
-            + ("\n".join(warnings[:40]) or log[-4000:])
+            + "\n".join(warnings[:40]) + "\n--- end of the build log ---\n" + log[-6000:]
             + "\nReproduce with `make book`; a failing notebook's traceback is in the log above "
             "and in _build/html/reports/."
         )
