@@ -58,8 +58,6 @@ except ImportError:
 
 # %%
 # %matplotlib inline
-import logging
-import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -79,13 +77,7 @@ from tflib.models import course_checkpoint
 from tflib.train import FinetuneConfig
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-sc.settings.verbosity = 0
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-logging.getLogger("scvi").setLevel(logging.ERROR)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 
 N_BOOT = 300  # bootstrap resamples per confidence interval
 MIN_TRAIN = 10  # classes with fewer training cells are dropped (section 1)

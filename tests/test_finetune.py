@@ -177,3 +177,4 @@ def test_bag_of_tokens_by_hand():
     assert R[2] == pytest.approx(1.0) and R[5] == pytest.approx(1 / np.log2(3)) and R[7] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="token ids must lie"):
         tl.bag_of_tokens([np.array([9])], vocab_size=8)
+
