@@ -185,8 +185,10 @@ assert list(cell_tokens[1:-1]) == by_hand
 # `counts / median` directly. When two genes tie (the same count and the same median, common
 # for genes seen in only a few cells), the one with the smaller vocabulary id comes first;
 # Geneformer's own sort leaves ties in arbitrary order. Here is the heart of the vectorised
-# implementation: every entry of a chunk becomes one 63-bit integer (cell, value, token id),
-# and one integer sort per block of 16 cells replaces a Python loop over cells.
+# implementation: every entry of a chunk becomes one 64-bit key that holds its value (inverted,
+# so that an ascending sort puts the highest first) and, in the low 20 bits, its token id.
+# The keys of all cells of a chunk go into one padded table, a row per cell, and a single
+# row-wise sort orders every cell at once; no Python loop runs over cells.
 
 # %%
 print(inspect.getsource(tt.rank.rank_order))

@@ -48,10 +48,17 @@ def iter_csr_chunks(adata, layer: str | None = None, chunk_size: int = 2048):
     """Yield ``(start, stop, csr_matrix)`` row chunks of X (or a layer), for in-memory or backed AnnData.
 
     Only one chunk is in memory at a time when ``adata`` is backed: peak memory follows
-    ``chunk_size``, not the number of cells.
+    ``chunk_size``, not the number of cells. A backed CSR ``X`` is read straight from its HDF5
+    datasets (:mod:`tflib.tokenize._h5csr`); everything else goes through AnnData.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    from ._h5csr import backed_csr_group, iter_h5_csr
+
+    group = backed_csr_group(adata, layer)
+    if group is not None:  # CSR on disk: read its datasets directly (same rows, less overhead)
+        yield from iter_h5_csr(group, (adata.n_obs, adata.n_vars), chunk_size)
+        return
     X = _matrix(adata, layer)
     if X is None:
         raise TokenizerInputError("adata.X is empty (None); pass layer= with the counts layer.")

@@ -170,15 +170,14 @@ class _Tokenizer:
         adata = open_source(source)
         obs = adata.obs if obs_keys is None else adata.obs[list(obs_keys)]
         with TokenStoreWriter(path, config=self.config(), with_values=self.kind == "binning",
-                              overwrite=overwrite) as w:
+                              overwrite=overwrite, obs_source=obs) as w:
             total = {}
             for start, stop, part, total in self._iter_encoded(
                     adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
                     chunk_size=chunk_size, check_coverage=check_coverage,
                     min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
                     gene_table=gene_table, ortholog_table=ortholog_table):
-                w.append(part.tokens, part.offsets, values=part.values, obs=obs.iloc[part.obs_index],
-                         obs_index=part.obs_index)
+                w.append(part.tokens, part.offsets, values=part.values, obs_index=part.obs_index)
             w.report.update(total)
         return TokenStore.open(path)
 

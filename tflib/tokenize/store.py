@@ -30,9 +30,12 @@ class TokenStoreWriter:
 
     Writes go to ``<path>.partial``; ``close()`` (or leaving the ``with`` block without an
     error) renames it. An existing ``path`` is replaced only with ``overwrite=True``.
+    ``obs_source``, the obs table of all source rows, can replace ``append(obs=...)``: the rows
+    of the kept cells (``obs_index``) are then taken from it once, at ``close()``.
     """
 
-    def __init__(self, path, config: dict, with_values: bool = False, overwrite: bool = False):
+    def __init__(self, path, config: dict, with_values: bool = False, overwrite: bool = False,
+                 obs_source: pd.DataFrame | None = None):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it, or choose another path.")
@@ -48,6 +51,7 @@ class TokenStoreWriter:
         self._lengths: list[np.ndarray] = []
         self._obs_index: list[np.ndarray] = []
         self._obs: list[pd.DataFrame] = []
+        self._obs_source = obs_source
         self._n_tokens = 0
 
     def append(self, tokens, offsets, values=None, obs: pd.DataFrame | None = None, obs_index=None) -> None:
@@ -55,11 +59,11 @@ class TokenStoreWriter:
         offsets = np.asarray(offsets, dtype=np.int64)
         if offsets[0] != 0 or offsets[-1] != tokens.size:
             raise ValueError("offsets must start at 0 and end at len(tokens).")
-        self._tok.write(tokens.tobytes())
+        self._tok.write(tokens)  # the array's buffer, without a bytes copy
         if self._val is not None:
             if values is None:
                 raise ValueError("This store holds values; pass values= for every chunk.")
-            self._val.write(np.ascontiguousarray(values, dtype="<i2").tobytes())
+            self._val.write(np.ascontiguousarray(values, dtype="<i2"))
         self._lengths.append(np.diff(offsets).astype(np.int32))
         n = len(offsets) - 1
         self._obs_index.append(np.arange(n) if obs_index is None else np.asarray(obs_index, np.int64))
@@ -76,9 +80,14 @@ class TokenStoreWriter:
         np.cumsum(lengths, out=offsets[1:])
         np.save(self.tmp / "offsets.npy", offsets)
         np.save(self.tmp / "lengths.npy", lengths)
-        np.save(self.tmp / "obs_index.npy", np.concatenate(self._obs_index) if self._obs_index else
-                np.zeros(0, np.int64))
-        obs = pd.concat(self._obs) if self._obs else pd.DataFrame(index=pd.RangeIndex(lengths.size).astype(str))
+        obs_index = np.concatenate(self._obs_index) if self._obs_index else np.zeros(0, np.int64)
+        np.save(self.tmp / "obs_index.npy", obs_index)
+        if self._obs:
+            obs = pd.concat(self._obs)
+        elif self._obs_source is not None:
+            obs = self._obs_source.iloc[obs_index]
+        else:
+            obs = pd.DataFrame(index=pd.RangeIndex(lengths.size).astype(str))
         _write_obs(self.tmp / "obs.h5", obs)
         meta = {"format": FORMAT, "version": 1, "n_cells": int(lengths.size), "n_tokens": int(self._n_tokens),
                 "has_values": self._val is not None, "config": self.config, "report": _jsonable(self.report)}
