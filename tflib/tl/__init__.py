@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "match_terminal_states": "trajectory_metrics",
     "fates_in_truth_space": "trajectory_metrics",
     "fate_accuracy": "trajectory_metrics",
+    "fate_accuracy_difference": "trajectory_metrics",
     "cross_boundary_correctness": "trajectory_metrics",
     "scvi_integrate": "integrate",
     "map_query": "integrate",

@@ -123,6 +123,24 @@ def _resolve_terminal_states(estimator, adata, terminal_states, cluster_key, n_c
     )
 
 
+def _check_kernel(kernel, adata) -> None:
+    """A kernel passed to :func:`fates` must be computed, row-stochastic and built on ``adata``."""
+    if getattr(kernel, "adata", None) is not adata:
+        raise ValueError(
+            "The kernel was built on a different AnnData object than the one passed to fates; GPCCA writes its "
+            "results to the kernel's AnnData. Fix: build the kernel on this adata "
+            "(e.g. `kernel = tflib.tl.embedding_kernel(adata)`), then call `fates(adata, kernel=kernel)`."
+        )
+    try:
+        T = kernel.transition_matrix
+    except Exception as err:  # CellRank raises when nothing was computed yet
+        raise ValueError(
+            "The kernel has no transition matrix yet. Fix: call `kernel.compute_transition_matrix()` first."
+        ) from err
+    if T is None or T.shape != (adata.n_obs, adata.n_obs):
+        raise ValueError(f"The kernel's transition matrix must be {adata.n_obs} x {adata.n_obs} (cells x cells).")
+
+
 def fates(
     adata,
     *,
@@ -140,6 +158,7 @@ def fates(
     tol: float = 1e-6,
     softmax_scale: float | None = None,
     seed: int = 0,
+    kernel=None,
 ):
     """Fate probabilities with CellRank 2: velocity + connectivity kernel, GPCCA, terminal states.
 
@@ -185,6 +204,12 @@ def fates(
         Velocity kernel's softmax scale; ``None`` lets CellRank estimate it.
     seed
         Seeds NumPy and CellRank; the same seed and input give the same probabilities.
+    kernel
+        A CellRank kernel with a computed transition matrix, built on ``adata`` itself, e.g. the
+        Transcriptformer kernel of :func:`tflib.tl.embedding_kernel` (chapter 10). When given,
+        the velocity checks and the kernel building are skipped (``velocity_weight``,
+        ``connectivity_weight`` and ``softmax_scale`` are ignored) and the same GPCCA, terminal
+        state and fate steps run on it.
 
     Returns
     -------
@@ -199,12 +224,15 @@ def fates(
     """
     import cellrank as cr
 
-    if "velocity" not in adata.layers or "Ms" not in adata.layers or "connectivities" not in adata.obsp:
+    if kernel is not None:
+        _check_kernel(kernel, adata)
+    elif "velocity" not in adata.layers or "Ms" not in adata.layers or "connectivities" not in adata.obsp:
         raise ValueError(
             "fates needs RNA velocity and a kNN graph (layers 'velocity' and 'Ms', obsp 'connectivities'): "
             "run `tflib.tl.velocity(adata)` first."
         )
-    if velocity_weight < 0 or connectivity_weight < 0 or velocity_weight + connectivity_weight <= 0:
+    if kernel is None and (velocity_weight < 0 or connectivity_weight < 0
+                           or velocity_weight + connectivity_weight <= 0):
         raise ValueError("velocity_weight and connectivity_weight must be >= 0 and not both 0.")
     if isinstance(terminal_states, Mapping) and cluster_key is not None:  # fail before the slow part
         if cluster_key not in adata.obs:
@@ -234,17 +262,19 @@ def fates(
             )
     np.random.seed(seed)
 
+    given = kernel is not None
     kernels = []
-    if velocity_weight > 0:
+    if velocity_weight > 0 and not given:
         vk = cr.kernels.VelocityKernel(adata).compute_transition_matrix(
             model="deterministic", softmax_scale=softmax_scale, seed=seed, show_progress_bar=False
         )
         kernels.append(velocity_weight * vk)
-    if connectivity_weight > 0:
+    if connectivity_weight > 0 and not given:
         ck = cr.kernels.ConnectivityKernel(adata).compute_transition_matrix()
         kernels.append(connectivity_weight * ck)
-    kernel = kernels[0] if len(kernels) == 1 else kernels[0] + kernels[1]
-    kernel = kernel.compute_transition_matrix() if len(kernels) > 1 else kernel
+    if not given:
+        kernel = kernels[0] if len(kernels) == 1 else kernels[0] + kernels[1]
+        kernel = kernel.compute_transition_matrix() if len(kernels) > 1 else kernel
     kernel.write_to_adata()  # .obsp["T_fwd"]: lets GPCCA.from_adata rebuild the estimator
 
     g = cr.estimators.GPCCA(kernel)
@@ -318,8 +348,9 @@ def fates(
         del adata.obs["initial_state"]
     _delineage(adata)
     adata.uns["tflib_fates"] = {
-        "velocity_weight": float(velocity_weight),
-        "connectivity_weight": float(connectivity_weight),
+        "velocity_weight": float("nan") if given else float(velocity_weight),
+        "connectivity_weight": float("nan") if given else float(connectivity_weight),
+        "kernel": repr(kernel) if given else "velocity+connectivity",
         "n_states_requested": -1 if n_states is None else (n_states if isinstance(n_states, int) else list(n_states)),
         "n_macrostates": int(n_macro),
         "macrostates": list(stability),
