@@ -13,7 +13,8 @@ from tflib.tokenize import (BinningTokenizer, GeneVocab, RankValueTokenizer, Tok
                             gene_medians)
 from tflib.tokenize._core import iter_csr_chunks
 from tflib.tokenize._h5csr import backed_csr_group, iter_h5_csr
-from tflib.tokenize.rank import _INVERT, _LOW, _SMALLEST_NORMAL, rank_order, sorted_tokens, value_key
+from tflib.tokenize.rank import (_INVERT, _LOW, _SMALLEST_NORMAL, assemble, rank_order, sorted_framed, sorted_tokens,
+                                 value_key)
 from tflib.tokenize.reference import binning_reference, rank_value_reference
 
 
@@ -168,6 +169,30 @@ def test_padded_table_sort_equals_a_sort_per_cell(lengths, reuse):
         key = value.view(np.int64) & ~_LOW
         key ^= _INVERT | tok
         np.testing.assert_array_equal(sorted_tokens(key, indptr, as_float=True, scratch=scratch), expected)
+
+@pytest.mark.parametrize("lengths", [[0, 3, 0, 5000, 2, 1, 0, 4, 7, 3, 0], [2000, 3000, 4000, 2500], [0, 0], []])
+@pytest.mark.parametrize("max_genes", [1, 3, 2500, 4094])
+@pytest.mark.parametrize("special", [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("as_float", [True, False])
+def test_fused_sort_and_framing_equals_sorted_tokens_then_assemble(lengths, max_genes, special, as_float):
+    """sorted_framed (the rank tokenizer's fused path) = sorted_tokens followed by assemble."""
+    rng = np.random.default_rng(4)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    value = rng.integers(1, 9, indptr[-1]) / 3.0
+    tok = rng.permutation(1 << 20)[:indptr[-1]]
+    key = value.view(np.int64) & ~_LOW
+    key ^= _INVERT | tok
+    add_cls, add_eos = special
+    want, want_rep = assemble(sorted_tokens(key.copy(), indptr, as_float), indptr, max_genes, add_cls, add_eos, 2, 3)
+    scratch = {"table": np.empty(3, dtype=np.int64)}
+    for _ in range(2):  # twice: the second call reuses the grown scratch table
+        got, rep = sorted_framed(key.copy(), indptr, max_genes, add_cls, add_eos, 2, 3 if add_eos else None,
+                                 as_float, scratch)
+        assert rep == want_rep and got.tokens.dtype == np.int32 and got.values is None
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        np.testing.assert_array_equal(got.obs_index, want.obs_index)
+
 
 def test_writer_takes_obs_rows_at_close(tmp_path):
     import pandas as pd

@@ -43,8 +43,9 @@ the chunk onto the vocabulary. NumPy has no segmented sort, so the sort is done 
 table instead, without a Python loop over cells: each cell's keys are copied into one row of
 a ``(cells, longest cell)`` table whose other slots hold a padding key that sorts last,
 ``ndarray.sort(axis=1)`` sorts every row in one C call, and each row's first ``nnz`` entries
-are read back. (A global sort of the chunk followed by a stable sort on cell ids is about
-five times slower: one sort over many cells leaves the CPU cache.) The keys are sorted
+are read back (in the usual case, fused with the framing: :func:`sorted_framed` reads only the
+first ``max_genes`` ids of each row, already between ``<cls>`` and ``<eos>``). (A global sort
+of the chunk followed by a stable sort on cell ids is about five times slower: one sort over many cells leaves the CPU cache.) The keys are sorted
 through a float64 view (NumPy's float64 sort is slightly faster), which orders them exactly
 like the integers as long as none of them is a NaN bit pattern, i.e. unless some value is
 subnormal; then they are sorted as integers. Vocabularies of more than ``2**20`` tokens take
@@ -149,10 +150,12 @@ class RankValueTokenizer(_Tokenizer):
             # usual case: every entry is kept, keys straight from the column tables
             covered = float(chunk.data.sum(dtype=np.float64))
             indptr = chunk.indptr
-            tok_sorted = sorted_tokens(cols.keys(chunk.indices, chunk.data), indptr,
-                                       as_float=data_min / cols.median_max >= _SMALLEST_NORMAL,
-                                       scratch=state)
-            all_kept = True
+            part, rep = sorted_framed(cols.keys(chunk.indices, chunk.data), indptr, self.max_genes,
+                                      self.add_cls, self.add_eos, self.vocab.cls_id, self.vocab.eos_id,
+                                      as_float=data_min / cols.median_max >= _SMALLEST_NORMAL,
+                                      scratch=state)
+            rep["counts_covered"], rep["all_kept"] = covered, True
+            return part, rep
         else:
             indptr, tok, data = project(chunk, colmap, data_min)
             all_kept = data.size == chunk.data.size
@@ -257,6 +260,59 @@ def sorted_tokens(key: np.ndarray, indptr: np.ndarray, as_float: bool = False,
         low = table.view(np.int32)[:, 0::2] if np.little_endian else table.view(np.int32)[:, 1::2]
         np.bitwise_and(low[inside], np.int32(_LOW), out=tok[lo:hi])           # low 32 bits -> token ids
     return tok
+
+
+def sorted_framed(key: np.ndarray, indptr: np.ndarray, max_genes: int, add_cls: bool, add_eos: bool,
+                  cls_id, eos_id, as_float: bool = False, scratch: dict | None = None):
+    """:func:`sorted_tokens` followed by :func:`assemble`, fused: returns ``(TokenizedCells, report)``.
+
+    The padded table gets one spare column per special token: row ``i`` holds ``<cls>``, then
+    the cell's keys (sorted in place as a row view, ``ndarray.sort(axis=1)``), then ``<eos>``
+    written right after its first ``min(nnz, max_genes)`` sorted keys. One boolean gather of
+    the low 32 bits then yields the framed output directly, with no intermediate flat array of
+    all ``nnz`` sorted ids and no decoding of the ids past ``max_genes``.
+    """
+    nnz_row = np.diff(indptr)                                                   # (n_rows,)
+    take = np.minimum(nnz_row, max_genes)
+    nonempty = nnz_row > 0
+    c0 = int(bool(add_cls))
+    n_special = c0 + int(bool(add_eos))
+    length = np.where(nonempty, take + n_special, 0)                            # (n_rows,) framed lengths
+    dtype, pad = (np.float64, np.inf) if as_float else (np.int64, np.iinfo(np.int64).max)
+    flat = key.view(dtype)
+    pieces = []
+    for a, b in _row_blocks(nnz_row):
+        lo, hi = int(indptr[a]), int(indptr[b])
+        width = int(nnz_row[a:b].max(initial=0))
+        if width == 0:
+            continue
+        w2 = width + n_special
+        table = _table(scratch, (b - a) * w2).view(dtype).reshape(b - a, w2)     # (rows, specials + width)
+        table.fill(pad)
+        table[_runs(nnz_row[a:b], c0, w2)] = flat[lo:hi]
+        table[:, c0:c0 + width].sort(axis=1)              # every row at once, in place; padding last
+        t64 = table.view(np.int64)
+        if add_cls:
+            t64[:, 0] = cls_id                            # low bits = the id, like every key
+        if add_eos:
+            t64[np.arange(b - a), take[a:b] + c0] = eos_id  # right after the kept keys
+        low = t64.view(np.int32)[:, 0::2] if np.little_endian else t64.view(np.int32)[:, 1::2]
+        pieces.append(low[_runs(length[a:b], 0, w2)])
+    out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    np.bitwise_and(out, np.int32(_LOW), out=out)                                # low 32 bits -> token ids
+    offsets = np.zeros(int(nonempty.sum()) + 1, dtype=np.int64)
+    np.cumsum(length[nonempty], out=offsets[1:])
+    report = {"n_cells_in": int(nnz_row.size), "n_cells_out": int(nonempty.sum()),
+              "n_cells_skipped_empty": int((~nonempty).sum()), "n_cells_truncated": int((nnz_row > max_genes).sum()),
+              "n_tokens": int(out.size)}
+    return TokenizedCells(out, offsets, np.flatnonzero(nonempty).astype(np.int64)), report
+
+
+def _runs(n: np.ndarray, skip: int, width: int) -> np.ndarray:
+    """Boolean ``(n.size, width)`` table whose row ``i`` is true in columns ``skip .. skip + n[i] - 1``."""
+    runs = np.empty((n.size, 3), dtype=np.int64)                                # (rows, 3): false, true, false
+    runs[:, 0], runs[:, 1], runs[:, 2] = skip, n, width - skip - n
+    return np.repeat(np.tile(np.array([False, True, False]), n.size), runs.ravel()).reshape(n.size, width)
 
 
 def _table(scratch: dict | None, size: int) -> np.ndarray:
