@@ -109,7 +109,7 @@ sim = tds.simulate(n_cells=500, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SE
 known = np.asarray(tokenizer.vocab.map_genes(list(sim.var_names)).ids) >= 0
 tflib.tl.vocab_labels(sim, tokenizer)  # writes sim.var["tf_symbol"]
 relabelled = np.asarray(tokenizer.vocab.map_genes(list(sim.var["tf_symbol"])).ids) >= 0
-glue("c10_known_frac", 100 * known.mean(), display=False)
+glue("c10_known_frac", float(100 * known.mean()), display=False)
 print(f"genes in the vocabulary: {known.mean():.0%} as simulated, {relabelled.mean():.0%} after relabelling")
 assert known.mean() < 0.25 and relabelled.all()
 
@@ -141,7 +141,7 @@ truth = sim.obsm["fate_probs_true"]
 fate_names = list(truth.columns)
 lineage = sim.obs["lineage"].astype(str)
 moving = sim.obs["differentiating"].to_numpy()
-glue("c10_t_velo", t_velo, display=False)
+glue("c10_t_velo", float(t_velo), display=False)
 print(f"velocity + fates: {t_velo:.0f} s; terminal states:", velo.uns["fate_probs_names"])
 
 # %% [markdown]
@@ -221,12 +221,12 @@ for name, values in agree.items():
                  "median, progenitors": float(np.nanmedian(values[~moving])),
                  "shuffled-cell control": np.nan if shuffled is None else float(np.nanmedian(shuffled[moving]))})
 vel_table = pd.DataFrame(rows).set_index("velocity")
-glue("c10_t_embvel", t_embvel, display=False)
-glue("c10_gene_r", vel_table.iloc[0, 0], display=False)
-glue("c10_re_cos", vel_table.iloc[1, 0], display=False)
-glue("c10_re_shuf", vel_table.iloc[1, 4], display=False)
-glue("c10_proj_cos", vel_table.iloc[2, 0], display=False)
-glue("c10_proj_shuf", vel_table.iloc[2, 4], display=False)
+glue("c10_t_embvel", float(t_embvel), display=False)
+glue("c10_gene_r", float(vel_table.iloc[0, 0]), display=False)
+glue("c10_re_cos", float(vel_table.iloc[1, 0]), display=False)
+glue("c10_re_shuf", float(vel_table.iloc[1, 4]), display=False)
+glue("c10_proj_cos", float(vel_table.iloc[2, 0]), display=False)
+glue("c10_proj_shuf", float(vel_table.iloc[2, 4]), display=False)
 assert vel_table.iloc[0, 0] > 0.4  # scVelo in gene space (chapter 08 measured about 0.6)
 assert vel_table.iloc[1, 0] > vel_table.iloc[1, 4] + 0.1  # re-embedded arrows beat another cell's arrow
 assert vel_table.iloc[2, 0] > 0.8
@@ -298,7 +298,7 @@ t_kernels = time.perf_counter() - t0
 methods = {"velocity only": velo, **kernels}
 stab = pd.DataFrame({name: pd.Series(a.uns["tflib_fates"]["macrostate_stability"], index=a.uns["tflib_fates"]["macrostates"])
                      for name, a in methods.items()}).T
-glue("c10_t_kernels", t_kernels, display=False)
+glue("c10_t_kernels", float(t_kernels), display=False)
 stab.round(3)
 
 # %% [markdown]
@@ -339,9 +339,9 @@ student.fit(sim, teacher.loc[train])
 t_ft = time.perf_counter() - t0
 P_student = student.predict_fates(sim[test])
 to_teacher = float(np.abs(P_student.to_numpy() - teacher.loc[test].to_numpy()).mean())
-glue("c10_t_ft", t_ft, display=False)
-glue("c10_to_teacher", to_teacher, display=False)
-glue("c10_best_epoch", student.result.best_epoch, display=False)
+glue("c10_t_ft", float(t_ft), display=False)
+glue("c10_to_teacher", float(to_teacher), display=False)
+glue("c10_best_epoch", int(student.result.best_epoch), display=False)
 assert np.allclose(P_student.sum(1), 1.0) and list(P_student.columns) == list(teacher.columns)
 assert to_teacher < 0.12
 
@@ -420,8 +420,8 @@ def verdict(diff):
 t_table = time.perf_counter() - t0
 for key, name in [("velo", "velocity only"), ("re", "embedding kernel, re-embedded"),
                   ("proj", "embedding kernel, projected"), ("ft", "fate-aware model")]:
-    glue(f"c10_mae_{key}", accuracy[name]["mae"].estimate, display=False)
-    glue(f"c10_auc_{key}", accuracy[name]["auroc"].estimate, display=False)
+    glue(f"c10_mae_{key}", float(accuracy[name]["mae"].estimate), display=False)
+    glue(f"c10_auc_{key}", float(accuracy[name]["auroc"].estimate), display=False)
     glue(f"c10_found_{key}", Markdown(table.loc[name, "fates found"]), display=False)
 best = min(accuracy, key=lambda m: accuracy[m]["mae"].estimate)
 glue("c10_best", Markdown(best), display=False)
@@ -429,7 +429,7 @@ for key, name in [("re", "embedding kernel, re-embedded"), ("proj", "embedding k
                   ("ft", "fate-aware model")]:
     glue(f"c10_verdict_{key}", Markdown(verdict(paired[name]["mae"])), display=False)
     glue(f"c10_dauc_{key}", Markdown(str(paired[name]["auroc"])), display=False)
-glue("c10_n_test", len(test), display=False)
+glue("c10_n_test", int(len(test)), display=False)
 assert table.loc["velocity only", "fates found"] == "3 of 3"
 assert accuracy["velocity only"]["mae"].estimate < 0.2 and accuracy["velocity only"]["auroc"].estimate > 0.8
 assert accuracy["fate-aware model"]["auroc"].estimate > 0.75
@@ -532,7 +532,7 @@ for key, name in [("gene", "genes (scVelo)"), ("pca", "PCA (scVelo, linear)"), (
                   ("proj", "embedding, projected")]:
     for col in ("score", "low", "high"):
         glue(f"c10_cb_{key}_{col}", float(cbdir[name].loc["all", col]), display=False)
-glue("c10_t_panc", t_panc, display=False)
+glue("c10_t_panc", float(t_panc), display=False)
 assert cbdir["genes (scVelo)"].loc["all", "score"] > 0  # scVelo's arrows point forward on average
 assert cbdir["embedding, re-embedded"].loc["all", "low"] > 0  # so do the re-embedded ones
 scores.round(2)

@@ -50,7 +50,7 @@ def test_book_builds_without_warnings(build):
 
 
 def test_welcome_page_shows_the_workflow_figure(build):
-    assert build.returncode == 0
+    assert build.returncode == 0, "the book build failed: see test_book_builds_without_warnings"
     page = (HTML / "book" / "intro.html").read_text(encoding="utf-8")
     img = re.search(r'<img[^>]*src="[^"]*_images/[^"]+\.png"[^>]*>', page)
     assert img, "the welcome page lost its workflow figure (tflib.pl.workflow_figure)"
@@ -59,7 +59,7 @@ def test_welcome_page_shows_the_workflow_figure(build):
 
 @pytest.mark.parametrize("name", _toc_notebooks())
 def test_notebook_page_has_executed_output(build, name):
-    assert build.returncode == 0
+    assert build.returncode == 0, "the book build failed: see test_book_builds_without_warnings"
     page = HTML / f"{name}.html"
     assert page.is_file(), f"{name}.ipynb is in _toc.yml but {page.relative_to(ROOT)} was not written"
     html = page.read_text(encoding="utf-8")
