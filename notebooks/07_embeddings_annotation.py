@@ -241,7 +241,16 @@ rows.append(tl.evaluate_predictions(y_test, bag_pred, method="bag of tokens + lo
 # | full | every weight (encoder at a lower learning rate) | a full forward and backward pass |
 #
 # Rare cell types get weights inversely proportional to their frequency
-# (`class_weight="balanced"`).
+# (`class_weight="balanced"`). The whole difference between the modes is where the
+# pretrained encoder is cut into a frozen `lower` part and a trainable `upper` part:
+#
+# ````{admonition} Library code: tflib.train.CellModel
+# :class: dropdown
+# ```{literalinclude} ../tflib/train/finetuning.py
+# :language: python
+# :pyobject: CellModel
+# ```
+# ````
 
 # %%
 MODES = {
