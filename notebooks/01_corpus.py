@@ -46,7 +46,6 @@ except ImportError:
 
 # %%
 # %matplotlib inline
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -60,11 +59,8 @@ import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-sc.settings.verbosity = 0
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 sc.settings.n_jobs = 2
-warnings.filterwarnings("ignore", category=FutureWarning)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
 
 # Colour-blind-safe palettes: Okabe-Ito (8 colours) and, for the 13 PBMC types, Paul Tol's
 # "muted" scheme extended with four of his "light" colours. Labels are also written on the

@@ -60,7 +60,6 @@ except ImportError:
 
 # %%
 # %matplotlib inline
-import logging
 import warnings
 from pathlib import Path
 
@@ -75,14 +74,8 @@ import tflib.datasets as tds
 import tflib.tl as tl
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-sc.settings.verbosity = 0
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 sc.settings.n_jobs = 2
-warnings.filterwarnings("ignore", category=FutureWarning)
-warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-logging.getLogger("scvi").setLevel(logging.ERROR)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
 
 # Training lengths, chosen for the ~3-minute budget (see the note above).
 # scvi-tools ramps the KL term up over 400 epochs by default; in a 30-epoch run it would

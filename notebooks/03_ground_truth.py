@@ -48,7 +48,6 @@ except ImportError:
 # %%
 # %matplotlib inline
 import time
-import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -63,10 +62,7 @@ import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-sc.settings.verbosity = 0
-warnings.filterwarnings("ignore", category=FutureWarning)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 # Colour-blind-safe (Okabe-Ito): progenitors grey, then one colour per fate.
 FATE_COLOURS = ["#999999", OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["green"]]
 ACTIVATE, REPRESS = OKABE_ITO["blue"], OKABE_ITO["vermillion"]

@@ -50,7 +50,6 @@ except ImportError:
 # %%
 # %matplotlib inline
 import inspect
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -64,9 +63,7 @@ import tflib.tokenize as tt
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-warnings.filterwarnings("ignore", category=FutureWarning)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 ARTIFACTS = Path("_artifacts")
 ARTIFACTS.mkdir(exist_ok=True)
 

@@ -51,7 +51,6 @@ except ImportError:
 # %%
 # %matplotlib inline
 import math
-import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -67,9 +66,7 @@ from tflib.models import Transcriptformer, TranscriptformerConfig
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-warnings.filterwarnings("ignore", category=FutureWarning)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 torch.set_num_threads(2)
 ARTIFACTS = Path("_artifacts")
 ARTIFACTS.mkdir(exist_ok=True)

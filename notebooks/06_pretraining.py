@@ -47,7 +47,6 @@ except ImportError:
 
 # %%
 # %matplotlib inline
-import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -63,10 +62,8 @@ from tflib.train import MaskingCollator, run_pretraining
 from tflib.train.corpus import corpus_from_recipe, evaluate_mlm, load_recipe
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 torch.set_num_threads(2)
-warnings.filterwarnings("ignore", category=FutureWarning)
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
 DEVICE = tflib.utils.get_device()
 print("device:", DEVICE)
 

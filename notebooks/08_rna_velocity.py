@@ -69,11 +69,9 @@ import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-sc.settings.verbosity = 0
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 scv.settings.verbosity = 0
 warnings.filterwarnings("ignore")  # scVelo/anndata deprecation chatter; results are asserted below
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
 
 # Switch: the dynamical model is slow (about 0.5-1 s per gene and 1,000 cells on one core).
 # The chapter fits it on a handful of genes; set this to None to fit all velocity genes

@@ -66,11 +66,9 @@ import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
-rng = tflib.utils.set_seed(SEED)
-sc.settings.verbosity = 0
+rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 scv.settings.verbosity = 0
 warnings.filterwarnings("ignore")  # CellRank/scVelo deprecation chatter; results are asserted below
-plt.rcParams.update({"figure.dpi": 90, "axes.spines.top": False, "axes.spines.right": False})
 
 # %% [markdown]
 # ## 1 Markov chain intuition

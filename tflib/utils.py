@@ -1,7 +1,7 @@
 """Small shared helpers: explicit seeds, automatic device choice and the reproducibility footer.
 
-Every notebook of the course calls :func:`set_seed` near its top and :func:`footer` in its
-last cell (checklist item 16).
+Every notebook of the course calls :func:`notebook_setup` (which calls :func:`set_seed`) in its
+first code cell and :func:`footer` in its last cell (checklist item 16).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def notebook_setup(seed: int = 0, *, dpi: int = 90) -> np.random.Generator:
     Seeds everything (:func:`set_seed`), silences scanpy's progress messages, FutureWarnings and
     the lightning/scvi-tools log lines that would otherwise fill the rendered pages, and sets
     the course's matplotlib style (no top/right spines, ``dpi``). Returns the NumPy generator.
-    Used by chapters 07 and 10.
+    Used by every chapter.
     """
     import logging
     import warnings
