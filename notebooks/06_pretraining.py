@@ -168,15 +168,8 @@ glue("c06_toy_last", float(toy_losses[-10:].mean()), display=False)
 glue("c06_chance", float(np.log(len(vocab))), display=False)
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.6))
-ax.plot(toy_losses, color=OKABE_ITO["blue"], alpha=0.35, lw=1, label="per step")
-smooth = pd.Series(toy_losses).rolling(10, min_periods=1).mean()
-ax.plot(smooth, color=OKABE_ITO["blue"], lw=2.2, label="10-step mean")
-ax.axhline(np.log(len(vocab)), color="grey", ls="--", lw=1, label="chance (ln V)")
-ax.set_xlabel("training step")
-ax.set_ylabel("masked-gene cross-entropy")
-ax.set_title("A one-layer model learning on Kang PBMCs")
-ax.legend(frameon=False)
+tflib.pl.loss_curve(toy_losses, window=10, color=OKABE_ITO["blue"], chance=np.log(len(vocab)),
+                    title="A one-layer model learning on Kang PBMCs")
 plt.show()
 
 # %% [markdown]
@@ -217,15 +210,9 @@ pd.Series({k: v for k, v in corpus.report.items() if k != "seconds"})
 
 # %%
 log = pd.read_csv(model.course_dir / "loss_log.csv")
-fig, ax = plt.subplots(figsize=(7, 3.6))
-ax.plot(log["step"], log["loss"], color=OKABE_ITO["orange"], alpha=0.35, lw=1, label="per step")
-ax.plot(log["step"], log["loss"].rolling(20, min_periods=1).mean(), color=OKABE_ITO["orange"], lw=2.2,
-        label="20-step mean")
+ax = tflib.pl.loss_curve(log["loss"], steps=log["step"], window=20, color=OKABE_ITO["orange"],
+                         chance=np.log(len(vocab)), title="The course recipe")
 ax.axhline(metrics["heldout"]["loss"], color=OKABE_ITO["vermillion"], ls=":", lw=1.5, label="held-out loss")
-ax.axhline(np.log(len(vocab)), color="grey", ls="--", lw=1, label="chance (ln V)")
-ax.set_xlabel("training step")
-ax.set_ylabel("masked-gene cross-entropy")
-ax.set_title("The course recipe")
 ax.legend(frameon=False)
 plt.show()
 glue("c06_train_min", metrics["train_seconds"] / 60, display=False)

@@ -14,3 +14,22 @@ def test_notebook_setup_seeds_and_quiets():
     assert rng.integers(1000) == np.random.default_rng(5).integers(1000)
     assert sc.settings.verbosity == 0 and plt.rcParams["figure.dpi"] == 77
     assert logging.getLogger("scvi").level == logging.ERROR
+
+
+def test_loss_curve_draws_steps_mean_and_chance():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pytest
+
+    import tflib
+
+    ax = tflib.pl.loss_curve([4.0, 2.0, 3.0, 1.0], steps=[10, 20, 30, 40], window=2, chance=5.0, title="t")
+    raw, mean = ax.lines[0], ax.lines[1]
+    assert list(raw.get_xdata()) == [10, 20, 30, 40]
+    assert list(mean.get_ydata()) == [4.0, 3.0, 2.5, 2.0]                # rolling mean, min_periods=1
+    assert ax.lines[2].get_ydata()[0] == 5.0 and ax.get_title() == "t"
+    with pytest.raises(ValueError, match="line up"):
+        tflib.pl.loss_curve([1.0, 2.0], steps=[1])
+    with pytest.raises(ValueError, match="empty"):
+        tflib.pl.loss_curve([])

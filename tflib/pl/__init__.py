@@ -8,6 +8,7 @@ _EXPORTS: dict[str, str] = {
     "fate_colors": "fates",
     "phase_portraits": "velocity",
     "velocity_stream": "velocity",
+    "loss_curve": "training",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

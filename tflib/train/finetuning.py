@@ -27,7 +27,7 @@ changing any prediction. The pretrained model passed in is copied, never modifie
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -459,7 +459,3 @@ def finetune(model, cells, targets, *, config: FinetuneConfig | None = None, val
     history = pd.DataFrame(rows).set_index("epoch")
     return FinetunedModel(net, names, history, best_epoch, cfg, pad_id, max_len, soft)
 
-
-def config_dict(config: FinetuneConfig) -> dict:
-    """The settings as a plain dict (recorded in ``adata.uns`` by :func:`tflib.tl.annotate`)."""
-    return asdict(config)
