@@ -64,11 +64,11 @@ def test_pp_tokenize_writes_documented_keys_and_checks(tmp_path):
 def test_pp_tokenize_binning_values_and_store(tmp_path):
     a = synthetic_counts(40, 60)
     tok = BinningTokenizer(GeneVocab.from_genes(a.var_names), seed=2)
-    pp.tokenize(a, tok, key="bins")
+    pp.tokenize(a, tok, key_added="bins")
     assert a.obsm["bins_values"].shape == a.obsm["bins"].shape
     assert a.uns["bins"]["config"]["n_bins"] == 51 and a.uns["bins"]["config"]["seed"] == 2
     b = synthetic_counts(40, 60)
-    pp.tokenize(b, tok, key="bins", store=tmp_path / "store")
+    pp.tokenize(b, tok, key_added="bins", store=tmp_path / "store")
     assert "bins" not in b.obsm and b.uns["bins"]["store"].endswith("store")
     s = TokenStore.open(tmp_path / "store")
     np.testing.assert_array_equal(s.values_of(0), a.obsm["bins_values"][0][: s.lengths[0]])

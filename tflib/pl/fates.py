@@ -50,8 +50,8 @@ def _spread_sample(xy: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
 
 def fate_donuts(
     adata,
-    basis: str = "umap",
     *,
+    basis: str = "umap",
     n_donuts: int = 60,
     seed: int = 0,
     ax=None,

@@ -137,8 +137,8 @@ def phase_portraits(
 
 def velocity_stream(
     adata,
-    basis: str = "umap",
     *,
+    basis: str = "umap",
     color: str | None = None,
     ax=None,
     title: str | None = None,
@@ -169,6 +169,12 @@ def velocity_stream(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Notes
+    -----
+    Keys written (by scVelo, as a cache for later plots): ``obsm[f"velocity_{basis}"]`` when it
+    was missing, and ``uns[f"{color}_colors"]`` when ``color`` is a categorical column without
+    colours yet.
     """
     import matplotlib.pyplot as plt
     import scvelo as scv

@@ -1,6 +1,6 @@
 """AnnData verbs for tokenization (chapter 04; the results feed chapters 06, 07 and 11).
 
-``tflib.pp.tokenize(adata, tokenizer)`` writes, for ``key="tokens"`` (the default):
+``tflib.pp.tokenize(adata, tokenizer)`` writes, for ``key_added="tokens"`` (the default):
 
 ``adata.obsm["tokens"]``
     int32 array ``(n_obs, L)``: each cell's token ids, padded with ``<pad>`` to the longest
@@ -24,6 +24,8 @@ import json
 
 import numpy as np
 
+from tflib._compat import renamed_kwargs
+
 
 def _uns_safe(x):
     """JSON round trip with ``None`` -> ``""`` (h5ad cannot store None)."""
@@ -36,9 +38,10 @@ def _uns_safe(x):
     return fix(json.loads(json.dumps(x, default=lambda o: o.item() if hasattr(o, "item") else str(o))))
 
 
-def tokenize(adata, tokenizer, key: str = "tokens", *, store=None, overwrite: bool = False, copy: bool = False,
-             **encode_kwargs):
-    """Tokenize every cell of ``adata`` and record the tokenizer's settings in ``adata.uns[key]``.
+@renamed_kwargs(key="key_added")
+def tokenize(adata, tokenizer, *, key_added: str = "tokens", store=None, overwrite: bool = False,
+             copy: bool = False, **encode_kwargs):
+    """Tokenize every cell of ``adata`` and record the tokenizer's settings in ``adata.uns[key_added]``.
 
     Parameters
     ----------
@@ -47,23 +50,36 @@ def tokenize(adata, tokenizer, key: str = "tokens", *, store=None, overwrite: bo
         ``input="normalized"``); in memory or backed.
     tokenizer
         A :class:`~tflib.tokenize.RankValueTokenizer` or :class:`~tflib.tokenize.BinningTokenizer`.
-    key
-        Prefix of the keys written (see the module docstring).
+    key_added
+        Prefix of the keys written (``key`` is accepted for one release, with a warning):
+        ``obsm[key_added]`` (padded token ids), ``obsm[f"{key_added}_values"]`` (binning
+        tokenizer only), ``obs[f"{key_added}_length"]`` and ``uns[key_added]``; see the module
+        docstring for their layout.
     store
         Optional folder for an on-disk token store (streamed; nothing goes to ``obsm``).
     overwrite
-        Replace an existing ``obsm[key]``/``uns[key]`` (or store folder). Default: refuse.
+        Replace existing ``obsm[key_added]``/``uns[key_added]``/``obs[f"{key_added}_length"]``
+        (or store folder). Default: refuse.
+    copy
+        ``False`` (default): write into ``adata`` and return ``None``. ``True``: leave ``adata``
+        untouched and return a tokenized copy.
     **encode_kwargs
         Passed to ``tokenizer.encode`` (``layer``, ``gene_key``, ``species``, ``input``, ``chunk_size``...).
 
     Returns
     -------
-    ``None`` (or the modified copy with ``copy=True``). The report is in ``adata.uns[key]["report"]``.
+    ``None`` (or the tokenized copy with ``copy=True``). The report is in
+    ``adata.uns[key_added]["report"]``. A failed call leaves ``adata`` as it was: the tokens are
+    computed first and written only at the end.
     """
+    key = key_added
+    clash = [where for where, keys in (("uns", adata.uns), ("obsm", adata.obsm), ("obs", adata.obs))
+             if (key if where != "obs" else f"{key}_length") in keys]
+    if not overwrite and clash:
+        raise FileExistsError(f"adata already holds tokens under {key!r} (in {', '.join(clash)}); pass "
+                              "overwrite=True to replace them, or key_added='another_name'.")
     if copy:
         adata = adata.copy()
-    if not overwrite and (key in adata.uns or key in adata.obsm):
-        raise FileExistsError(f"adata already holds tokens under {key!r}; pass overwrite=True or another key=.")
     if store is not None:
         result = tokenizer.encode_to_store(adata, store, overwrite=overwrite, **encode_kwargs)
         report, kept = result.report, result.obs_index
@@ -76,14 +92,19 @@ def tokenize(adata, tokenizer, key: str = "tokens", *, store=None, overwrite: bo
         lengths[kept] = result.lengths
         padded = np.full((adata.n_obs, int(lengths.max(initial=0))), tokenizer.vocab.pad_id or 0, dtype=np.int32)
         padded[kept] = result.padded(pad_id=tokenizer.vocab.pad_id or 0, length=padded.shape[1])
-        adata.obsm[key] = padded
+        vals = None
         if result.values is not None:
             vals = np.zeros(padded.shape, dtype=np.int16)
             vals[kept] = _pad_values(result, padded.shape[1])
+    uns = {"config": _uns_safe(tokenizer.config()), "report": _uns_safe(report),
+           "store": str(store) if store is not None else ""}
+    # everything is computed: only now touch the AnnData
+    if store is None:
+        adata.obsm[key] = padded
+        if vals is not None:
             adata.obsm[f"{key}_values"] = vals
     adata.obs[f"{key}_length"] = lengths
-    adata.uns[key] = {"config": _uns_safe(tokenizer.config()), "report": _uns_safe(report),
-                      "store": str(store) if store is not None else ""}
+    adata.uns[key] = uns
     return adata if copy else None
 
 
@@ -93,13 +114,17 @@ def _pad_values(result, width):
     return _pad(result.values, result.offsets, 0, width).astype(np.int16)
 
 
-def check_tokenizer(adata, tokenizer, key: str = "tokens") -> None:
+@renamed_kwargs(key="tokens_key")
+def check_tokenizer(adata, tokenizer, *, tokens_key: str = "tokens") -> None:
     """Raise :class:`~tflib.tokenize.TokenizerMismatchError` if ``adata``'s tokens (``uns[key]``) were
     made by a tokenizer different from ``tokenizer`` (preset, vocabulary, medians, length, bins).
 
     Call it before embedding or fine-tuning on tokens that an earlier chapter wrote.
+    ``tokens_key`` is the ``key_added`` that :func:`tokenize` used (``key`` is accepted for one
+    release, with a warning). Writes nothing.
     """
+    key = tokens_key
     if key not in adata.uns or "config" not in adata.uns[key]:
         raise KeyError(f"adata.uns[{key!r}] holds no tokenizer config; run tflib.pp.tokenize(adata, tokenizer, "
-                       f"key={key!r}) first.")
+                       f"key_added={key!r}) first.")
     tokenizer.check_compatible(dict(adata.uns[key]["config"]), what=f"The tokens in adata (key {key!r})")

@@ -1,0 +1,54 @@
+"""tflib.pp.tokenize follows the course's verb conventions (issue 10, section 3)."""
+import numpy as np
+import pytest
+
+from tflib import pp
+from tflib.tokenize import GeneVocab, RankValueTokenizer, gene_medians
+
+from _tokenize_helpers import synthetic_counts
+
+
+def _tokenizer(a):
+    return RankValueTokenizer(GeneVocab.from_genes(a.var_names), gene_medians(a), preset="V2")
+
+
+def test_copy_false_writes_in_place_and_returns_none():
+    a = synthetic_counts(30, 50)
+    assert pp.tokenize(a, _tokenizer(a)) is None
+    assert {"tokens"} <= set(a.obsm) and "tokens_length" in a.obs and "tokens" in a.uns
+
+
+def test_copy_true_returns_new_object_and_leaves_input_alone():
+    a = synthetic_counts(30, 50)
+    before = (set(a.obsm), set(a.obs.columns), set(a.uns))
+    b = pp.tokenize(a, _tokenizer(a), copy=True)
+    assert b is not a and "tokens" in b.obsm
+    assert (set(a.obsm), set(a.obs.columns), set(a.uns)) == before
+
+
+def test_old_key_name_still_works_with_a_warning():
+    a = synthetic_counts(30, 50)
+    with pytest.warns(FutureWarning, match="key_added"):
+        pp.tokenize(a, _tokenizer(a), key="toks")
+    assert "toks" in a.obsm
+
+
+def test_existing_tokens_are_kept_unless_overwrite():
+    a = synthetic_counts(30, 50)
+    tok = _tokenizer(a)
+    pp.tokenize(a, tok)
+    saved = a.obsm["tokens"].copy()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        pp.tokenize(a, tok)
+    np.testing.assert_array_equal(a.obsm["tokens"], saved)
+    pp.tokenize(a, tok, overwrite=True)
+
+
+def test_failed_call_leaves_adata_unchanged():
+    a = synthetic_counts(30, 50)
+    a.X = a.X.astype(np.float64)
+    a.X[3, 4] = -1.0  # a negative count: the tokenizer must refuse
+    before = (set(a.obsm), set(a.obs.columns), set(a.uns))
+    with pytest.raises(ValueError, match="negative"):
+        pp.tokenize(a, _tokenizer(synthetic_counts(30, 50)))
+    assert (set(a.obsm), set(a.obs.columns), set(a.uns)) == before
