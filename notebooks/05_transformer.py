@@ -174,7 +174,7 @@ plt.show()
 # less memory on long sequences).
 
 # %%
-from tflib.models.transformer import SelfAttention
+from tflib.models.blocks import SelfAttention
 
 toy_config = TranscriptformerConfig(vocab_size=10, max_len=8, n_layer=1, n_head=1, n_embd=D, n_inner=8,
                                     dropout=0.0, attn_dropout=0.0)
@@ -203,7 +203,7 @@ assert fused_gap < 1e-6
 # is the real class. Besides the two attention paths it has an output projection `proj`, a
 # residual connection and a LayerNorm (section 2), and `split_heads`, which we turn to next.
 #
-# ```{literalinclude} ../tflib/models/transformer.py
+# ```{literalinclude} ../tflib/models/blocks.py
 # :language: python
 # :pyobject: SelfAttention
 # ```
@@ -253,12 +253,12 @@ assert (ctx_pad_fused - ctx_pad).abs().max() < 1e-6
 # $$h = \operatorname{LN}\big(x + \operatorname{Proj}(\operatorname{Attention}(x))\big), \qquad
 #   y = \operatorname{LN}\big(h + W_2\, \phi(W_1 h)\big).$$
 #
-# ```{literalinclude} ../tflib/models/transformer.py
+# ```{literalinclude} ../tflib/models/blocks.py
 # :language: python
 # :pyobject: MLP
 # ```
 #
-# ```{literalinclude} ../tflib/models/transformer.py
+# ```{literalinclude} ../tflib/models/blocks.py
 # :language: python
 # :pyobject: Block
 # ```
@@ -267,7 +267,7 @@ assert (ctx_pad_fused - ctx_pad).abs().max() < 1e-6
 # its parts and compare.
 
 # %%
-from tflib.models.transformer import Block
+from tflib.models.blocks import Block
 
 block_config = TranscriptformerConfig(vocab_size=10, max_len=16, n_layer=1, n_head=2, n_embd=8, n_inner=16,
                                       dropout=0.0, attn_dropout=0.0)
@@ -296,7 +296,7 @@ print("block by hand == tflib Block | output shape", tuple(y.shape))
 # scores over the vocabulary. The head's last matrix is the gene table itself (weight tying).
 # Every size is in one dataclass, whose defaults describe Geneformer V1-10M:
 #
-# ```{literalinclude} ../tflib/models/transformer.py
+# ```{literalinclude} ../tflib/models/blocks.py
 # :language: python
 # :pyobject: TranscriptformerConfig
 # ```
