@@ -12,7 +12,7 @@ _EXPORTS: dict[str, str] = {
     "PretrainResult": "pretrain",
     "run_pretraining": "pretrain",
     "FinetuneConfig": "finetuning",
-    "FinetunedModel": "finetuning",
+    "FinetunedModel": "finetuned",
     "CellModel": "finetuning",
     "finetune": "finetuning",  # not finetune.py: the module would shadow the function
 }

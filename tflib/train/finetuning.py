@@ -23,6 +23,11 @@ Early stopping watches the validation loss; the weights of the best epoch are re
 ``calibrate=True`` a single temperature is fitted on the validation cells (temperature
 scaling, Guo et al. 2017), so that ``predict_proba`` returns calibrated probabilities without
 changing any prediction. The pretrained model passed in is copied, never modified.
+
+This module holds the settings, the network (:class:`CellModel`) and the loop; what the loop
+returns (:class:`~tflib.train.finetuned.FinetunedModel`) and how it batches cells live in
+:mod:`tflib.train.finetuned`, the checks of the targets and the calibration in
+:mod:`tflib.train.targets`.
 """
 from __future__ import annotations
 
@@ -35,8 +40,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tflib.models.transformer import ClassificationHead
+from tflib.models.heads import ClassificationHead
 from tflib.utils import get_device
+
+from .finetuned import FinetunedModel, _Features
+from .targets import _class_weights, _fit_temperature, _targets, _val_split
 
 __all__ = ["FinetuneConfig", "CellModel", "FinetunedModel", "finetune", "MODES"]
 
@@ -148,181 +156,12 @@ class CellModel(nn.Module):
         return self.head(pooled)                                        # (B, K)
 
 
-def _padded(cells, idx, max_len: int, pad_id: int):
-    """``(ids (B, L) long, mask (B, L) bool)`` for the cells ``idx``, right-padded."""
-    seqs = [np.asarray(cells[int(i)])[:max_len] for i in idx]
-    L = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)         # (B, L)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.from_numpy(s.astype(np.int64))
-    mask = ids != pad_id                                                # (B, L)
-    return ids, mask
-
-
-class _Features:
-    """Batches of inputs for the trainable part: cached ``lower`` outputs, or tokens to run through it."""
-
-    def __init__(self, net: CellModel, cells, max_len, pad_id, batch_size, device, cache: bool):
-        self.net, self.cells, self.max_len, self.pad_id, self.device = net, cells, max_len, pad_id, device
-        self.cache, self.pooled = None, None
-        frozen = net.k == len(net.encoder.encoder.blocks)               # nothing below the head learns
-        if cache or frozen:
-            self.cache, pooled = [], []
-            net.eval()
-            with torch.inference_mode():
-                for start in range(0, len(cells), batch_size):
-                    idx = np.arange(start, min(start + batch_size, len(cells)))
-                    ids, mask = _padded(cells, idx, max_len, pad_id)
-                    ids, mask = ids.to(device), mask.to(device)
-                    h = net.lower(ids, mask)                            # (B, L, D)
-                    if frozen:
-                        pooled.append(net.upper(h, ids, mask))          # (B, D): pooled once, reused every epoch
-                    else:
-                        self.cache.extend(h[r, : int(mask[r].sum())].clone() for r in range(len(idx)))  # (l_r, D) each
-            if frozen:
-                self.pooled, self.cache = torch.cat(pooled), None       # (N, D)
-
-    def batch(self, idx):
-        """``(h, ids, mask)`` for the trainable blocks, or ``(pooled (B, D), None, None)`` when frozen."""
-        if self.pooled is not None:
-            return self.pooled[torch.as_tensor(idx, device=self.pooled.device)], None, None
-        ids, mask = _padded(self.cells, idx, self.max_len, self.pad_id)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        if self.cache is None:
-            if self.net.k == 0:
-                return self.net.lower(ids, mask), ids, mask
-            with torch.no_grad():                                        # frozen blocks: no gradient needed
-                return self.net.lower(ids, mask), ids, mask
-        h = torch.zeros(*ids.shape, self.net.encoder.config.n_embd, device=self.device)  # (B, L, D)
-        for r, i in enumerate(idx):
-            h[r, : len(self.cache[int(i)])] = self.cache[int(i)]
-        return h, ids, mask
-
-
-class FinetunedModel:
-    """What :func:`finetune` returns: the fine-tuned network, its classes and its training record.
-
-    Attributes
-    ----------
-    net
-        The :class:`CellModel` (encoder copy + head), in eval mode.
-    classes
-        Class (or fate) names, the columns of :meth:`predict_proba`.
-    history
-        One row per epoch: ``train_loss``, ``val_loss``, ``val_accuracy``.
-    best_epoch, temperature
-        The epoch whose weights were kept; the fitted softmax temperature (1.0 if not calibrated).
-    config
-        The :class:`FinetuneConfig` used.
-    """
-
-    def __init__(self, net, classes, history, best_epoch, config, pad_id, max_len, soft):
-        self.net, self.classes, self.history, self.best_epoch = net, list(classes), history, best_epoch
-        self.config, self.pad_id, self.max_len, self.soft = config, pad_id, max_len, soft
-
-    @property
-    def temperature(self) -> float:
-        return float(self.net.temperature)
-
-    def _run(self, cells, batch_size, what):
-        device = next(self.net.parameters()).device
-        out = []
-        self.net.eval()
-        with torch.inference_mode():
-            for start in range(0, len(cells), batch_size):
-                idx = np.arange(start, min(start + batch_size, len(cells)))
-                ids, mask = _padded(cells, idx, self.max_len, self.pad_id)
-                ids, mask = ids.to(device), mask.to(device)
-                pooled = self.net.upper(self.net.lower(ids, mask), ids, mask)  # (B, D)
-                out.append((self.net.head(pooled) if what == "logits" else pooled).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
-
-    def logits(self, cells, batch_size: int = 64) -> np.ndarray:
-        """Raw ``(n, K)`` scores before temperature and softmax."""
-        return self._run(cells, batch_size, "logits")
-
-    def predict_proba(self, cells, batch_size: int = 64) -> np.ndarray:
-        """``(n, K)`` probabilities (temperature-scaled if calibrated); rows sum to 1."""
-        z = torch.from_numpy(self.logits(cells, batch_size)) / self.temperature  # (n, K)
-        return torch.softmax(z.double(), dim=1).numpy()
-
-    def predict(self, cells, batch_size: int = 64) -> np.ndarray:
-        """The most probable class name of every cell."""
-        return np.asarray(self.classes, dtype=object)[self.logits(cells, batch_size).argmax(1)]
-
-    def embed(self, cells, batch_size: int = 64) -> np.ndarray:
-        """``(n, D)`` pooled embeddings from the fine-tuned encoder (chapter 10 uses them)."""
-        return self._run(cells, batch_size, "embed")
-
-    def __repr__(self) -> str:
-        c = self.config
-        return (f"FinetunedModel(mode={c.mode!r}, classes={len(self.classes)}, best_epoch={self.best_epoch}, "
-                f"temperature={self.temperature:.3f})")
-
-
-def _targets(targets, classes):
-    """``(y, classes, soft)``: int labels or float rows, the class names, and which kind."""
-    arr = np.asarray(targets)
-    if arr.ndim == 2:
-        y = arr.astype(np.float32)
-        if not np.all(np.isfinite(y)) or (y < 0).any() or not np.allclose(y.sum(1), 1.0, atol=1e-3):
-            raise ValueError("soft targets must be finite, non-negative rows that sum to 1 (e.g. fate "
-                             "probabilities); normalise them with y / y.sum(1, keepdims=True).")
-        names = list(classes) if classes is not None else [str(i) for i in range(y.shape[1])]
-        if len(names) != y.shape[1]:
-            raise ValueError(f"{len(names)} class names for {y.shape[1]} target columns.")
-        return y, names, True
-    if arr.ndim != 1:
-        raise ValueError(f"targets must be 1-D labels or a 2-D (cells, classes) array; got shape {arr.shape}.")
-    labels = pd.Series(arr).astype(str)
-    names = list(classes) if classes is not None else sorted(labels.unique())
-    unknown = sorted(set(labels) - set(names))
-    if unknown:
-        raise ValueError(f"labels {unknown[:5]} are not among classes={names}.")
-    counts = labels.value_counts()
-    few = counts[counts < 2]
-    if len(few):
-        raise ValueError(f"classes {few.index.tolist()} have fewer than 2 training cells; a classifier cannot "
-                         "learn them. Fix: merge or drop those classes, or add cells.")
-    return labels.map({c: i for i, c in enumerate(names)}).to_numpy(np.int64), names, False
-
-
-def _val_split(y, soft, fraction, seed):
-    from sklearn.model_selection import train_test_split
-
-    strata = y.argmax(1) if soft else y
-    idx = np.arange(len(y))
-    try:
-        return train_test_split(idx, test_size=fraction, random_state=seed, stratify=strata)
-    except ValueError:                                                  # a class too small to stratify
-        return train_test_split(idx, test_size=fraction, random_state=seed)
-
-
-def _fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """The temperature minimising the validation NLL (searched on log scale in [0.05, 20])."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t):
-        return float(F.cross_entropy(logits / np.exp(log_t), y))
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
-
-
 def _special_ids(model, tokenizer) -> list[int]:
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     vocab = getattr(tok, "vocab", None)
     if vocab is not None and hasattr(vocab, "special_tokens"):
         return [vocab.token_to_id(t) for t in vocab.special_tokens]
     return [model.config.pad_token_id]
-
-
-def _class_weights(y, n_classes, soft, how):
-    if soft or how is None:
-        return None
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    w = len(y) / (n_classes * np.maximum(counts, 1.0))                  # sklearn's "balanced"
-    return torch.tensor(w, dtype=torch.float32)
 
 
 def finetune(model, cells, targets, *, config: FinetuneConfig | None = None, val_cells=None, val_targets=None,
