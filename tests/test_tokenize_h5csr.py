@@ -11,9 +11,9 @@ import anndata as ad
 from _tokenize_helpers import synthetic_counts
 from tflib.tokenize import (BinningTokenizer, GeneVocab, RankValueTokenizer, TokenStore, TokenStoreWriter,
                             gene_medians)
-from tflib.tokenize._core import iter_csr_chunks
+from tflib.tokenize._core import assemble, iter_csr_chunks
 from tflib.tokenize._h5csr import backed_csr_group, iter_h5_csr
-from tflib.tokenize.rank import (_INVERT, _LOW, _SMALLEST_NORMAL, assemble, rank_order, sorted_framed, sorted_tokens,
+from tflib.tokenize.rank import (_INVERT, _LOW, _SMALLEST_NORMAL, rank_order, sorted_framed, sorted_tokens,
                                  value_key)
 from tflib.tokenize.reference import binning_reference, rank_value_reference
 

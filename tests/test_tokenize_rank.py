@@ -220,3 +220,24 @@ def test_large_vocabulary_fallback_path_follows_the_same_rule():
     tok = RankValueTokenizer(vocab, gene_medians(a, vocab=vocab), preset="V2", max_len=50)
     assert len(vocab) > 1 << 16
     _assert_equal_to_oracle(tok, a, tok.encode(a, chunk_size=30))
+
+
+def test_tokenizer_layers_point_one_way():
+    """base.py and _core.py import no tokenizer subclass (issue 10 §5): the load_tokenizer factory
+    lives in registry.py and assemble in _core.py."""
+    import ast
+    from pathlib import Path
+
+    import tflib.tokenize as tt
+
+    root = Path(tt.__file__).parent
+    for name, banned in {"base.py": {"rank", "binning", "registry"},
+                         "_core.py": {"rank", "binning", "base", "registry"}}.items():
+        tree = ast.parse((root / name).read_text())
+        imported = {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & banned, (name, imported & banned)
+    from tflib.tokenize import _core, registry
+
+    assert tt.load_tokenizer is registry.load_tokenizer
+    assert callable(_core.assemble)

@@ -17,7 +17,7 @@ _EXPORTS: dict[str, str] = {
     "TokenizedCells": "_core",
     "TokenizerInputError": "_core",
     "TokenizerMismatchError": "base",
-    "load_tokenizer": "base",
+    "load_tokenizer": "registry",
     "check_configs": "base",
     "validate_token_sequences": "base",
     "TokenStore": "store",

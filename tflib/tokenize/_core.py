@@ -250,6 +250,52 @@ def concat(parts: list[TokenizedCells], config: dict, report: dict) -> Tokenized
                           config=config, report=report)
 
 
+def assemble(tok_sorted, indptr, max_genes, add_cls, add_eos, cls_id, eos_id, values=None):
+    """Cut each row to ``max_genes``, frame it with ``<cls>``/``<eos>``, drop empty rows.
+
+    ``tok_sorted`` (and ``values``) hold every row's entries in final order, rows in order.
+    Returns ``(TokenizedCells, report)`` with ``obs_index`` relative to the chunk.
+    """
+    nnz_row = np.diff(indptr)
+    take = np.minimum(nnz_row, max_genes)
+    nonempty = nnz_row > 0
+    n_special = int(add_cls) + int(add_eos)
+    truncated = nnz_row > max_genes
+    if truncated.any():
+        pos = np.arange(tok_sorted.size) - np.repeat(indptr[:-1], nnz_row)
+        sel = pos < max_genes
+        genes = tok_sorted[sel]
+        vals = values[sel] if values is not None else None
+    else:
+        genes, vals = tok_sorted, values
+    take_ne = take[nonempty]
+    offsets = np.zeros(take_ne.size + 1, dtype=np.int64)
+    np.cumsum(take_ne + n_special, out=offsets[1:])
+    if n_special:
+        out = np.empty(int(offsets[-1]), dtype=np.int32)
+        is_gene = np.ones(out.size, dtype=bool)
+        first, last = offsets[:-1], offsets[1:] - 1
+        if add_cls:
+            is_gene[first] = False
+        if add_eos:
+            is_gene[last] = False
+        out[is_gene] = genes
+        if add_cls:
+            out[first] = cls_id
+        if add_eos:
+            out[last] = eos_id
+        if vals is not None:
+            v = np.zeros(out.size, dtype=np.int16)
+            v[is_gene] = vals
+            vals = v
+    else:
+        out = genes.astype(np.int32, copy=False)
+    report = {"n_cells_in": int(nnz_row.size), "n_cells_out": int(nonempty.sum()),
+              "n_cells_skipped_empty": int((~nonempty).sum()), "n_cells_truncated": int(truncated.sum()),
+              "n_tokens": int(out.size)}
+    return TokenizedCells(out, offsets, np.flatnonzero(nonempty).astype(np.int64), values=vals), report
+
+
 def new_report() -> dict:
     return {"n_cells_in": 0, "n_cells_out": 0, "n_cells_skipped_empty": 0, "n_cells_truncated": 0,
             "n_tokens": 0}

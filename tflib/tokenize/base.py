@@ -226,32 +226,6 @@ def check_configs(recorded: dict, current: dict, what: str = "these tokens") -> 
                                      "(tflib.tokenize.load_tokenizer).")
 
 
-def load_tokenizer(directory):
-    """Load a tokenizer written by ``save_pretrained`` (either kind)."""
-    d = Path(directory)
-    if not (d / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{d / CONFIG_FILE} not found; save one with tokenizer.save_pretrained({str(d)!r}).")
-    cfg = json.loads((d / CONFIG_FILE).read_text())
-    vocab = GeneVocab.load(d / VOCAB_FILE)
-    if vocab.fingerprint != cfg.get("vocab_fingerprint", vocab.fingerprint):
-        raise TokenizerMismatchError(f"{d}: vocab.json does not match tokenizer_config.json (fingerprints "
-                                     f"{vocab.fingerprint} vs {cfg['vocab_fingerprint']}).")
-    if cfg["kind"] == "rank_value":
-        from .medians import GeneMedians
-        from .rank import RankValueTokenizer
-
-        tok = RankValueTokenizer(vocab, GeneMedians.load(d / MEDIANS_FILE), preset=cfg["preset"],
-                                 max_len=cfg["max_len"], target_sum=cfg["target_sum"])
-    elif cfg["kind"] == "binning":
-        from .binning import BinningTokenizer
-
-        tok = BinningTokenizer(vocab, n_bins=cfg["n_bins"], seed=cfg["seed"], max_len=cfg["max_len"])
-    else:
-        raise ValueError(f"Unknown tokenizer kind {cfg['kind']!r} in {d / CONFIG_FILE}.")
-    check_configs(cfg, tok.config(), what=f"{d}")
-    return tok
-
-
 def validate_token_sequences(cells, tokenizer) -> None:
     """Check that ragged token ids fit ``tokenizer``: ids inside the vocabulary and, for presets with
     ``<cls>``/``<eos>``, every sequence framed by them. Raises :class:`TokenizerMismatchError`

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import collapse_duplicates, project, row_ids
+from ._core import assemble, collapse_duplicates, project, row_ids
 from .base import _Tokenizer
-from .rank import assemble
 from .vocab import GeneVocab
 
 
