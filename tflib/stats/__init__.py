@@ -5,6 +5,7 @@ from tflib._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "bootstrap_ci": "bootstrap",
     "BootstrapResult": "bootstrap",
+    "fdr": "multiple_testing",
     "row_pearson": "correlation",
 }
 
