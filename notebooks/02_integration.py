@@ -150,7 +150,7 @@ adata.obsm["X_umap_pca"] = adata.obsm.pop("X_umap")
 # biology, not a technical artefact, and section 5 comes back to what is lost by removing it.
 
 # %%
-model_all = tl.scvi_integrate(adata, "stim", max_epochs=EPOCHS_ALL, seed=SEED, **FIT)
+model_all = tl.scvi_integrate(adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=SEED, **FIT)
 sc.pp.neighbors(adata, use_rep="X_scvi", random_state=SEED, key_added="scvi")
 sc.tl.umap(adata, neighbors_key="scvi", random_state=SEED)
 adata.obsm["X_umap_scvi"] = adata.obsm.pop("X_umap")
@@ -255,7 +255,7 @@ for part in (reference, query):  # drop the all-cell results, so nothing from se
 # %%
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*single value.*")
-    ref_model = tl.scvi_integrate(reference, "stim", max_epochs=EPOCHS_REF, seed=SEED, **FIT)
+    ref_model = tl.scvi_integrate(reference, batch_key="stim", max_epochs=EPOCHS_REF, seed=SEED, **FIT)
 frozen_before = {k: v.clone() for k, v in ref_model.module.state_dict().items()}
 
 # %% [markdown]
@@ -485,7 +485,7 @@ except ValueError as err:
 # ```{exercise}
 # :label: ex02-seed
 # How stable is Table 1? Re-run `scvi_integrate` with seeds 1 and 2 (keep
-# `EPOCHS_ALL`, write to `key="X_scvi_s1"` and `"X_scvi_s2"`) and recompute the metrics.
+# `EPOCHS_ALL`, write to `key_added="X_scvi_s1"` and `"X_scvi_s2"`) and recompute the metrics.
 # Which columns move by more than 0.02?
 # ```
 #
@@ -493,7 +493,7 @@ except ValueError as err:
 # :class: dropdown
 # ```python
 # for s in (1, 2):
-#     tl.scvi_integrate(adata, "stim", max_epochs=EPOCHS_ALL, seed=s, key=f"X_scvi_s{s}",
+#     tl.scvi_integrate(adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=s, key_added=f"X_scvi_s{s}",
 #                       train_kwargs=TRAIN)
 # tl.integration_metrics(adata, ["X_scvi", "X_scvi_s1", "X_scvi_s2"], "stim", "cell_type").round(3)
 # ```
@@ -514,7 +514,7 @@ except ValueError as err:
 # :class: dropdown
 # ```python
 # ref2, q2 = reference.copy(), query.copy()
-# m2 = tl.scvi_integrate(ref2, "stim", max_epochs=EPOCHS_REF * 4, seed=SEED, train_kwargs=TRAIN)
+# m2 = tl.scvi_integrate(ref2, batch_key="stim", max_epochs=EPOCHS_REF * 4, seed=SEED, train_kwargs=TRAIN)
 # tl.map_query(m2, q2, max_epochs=EPOCHS_QUERY * 4, seed=SEED, train_kwargs=TRAIN)
 # pred = tl.transfer_labels(ref2, q2, key="X_scvi", label_key="cell_type")
 # tl.evaluate_predictions(truth, pred, method="scVI, 4x epochs", seed=SEED)

@@ -187,7 +187,7 @@ else:  # chapter 02 not run: the same scVI and PCA as there (about 20 s)
     hv = kang[adata.obs_names].copy()
     sc.pp.highly_variable_genes(hv, n_top_genes=1200, flavor="seurat_v3", batch_key="stim")
     hv = hv[:, hv.var["highly_variable"]].copy()
-    tl.scvi_integrate(hv, "stim", max_epochs=30, seed=SEED, batch_size=128,
+    tl.scvi_integrate(hv, batch_key="stim", max_epochs=30, seed=SEED, batch_size=128,
                       train_kwargs=dict(enable_progress_bar=False,
                                         plan_kwargs=dict(lr=3e-3, n_epochs_kl_warmup=30)))
     pca_input = sc.AnnData(hv.layers["lognorm"].copy())

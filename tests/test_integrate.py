@@ -13,6 +13,8 @@ import pytest
 
 import tflib.tl as tl
 
+from _anndata_state import assert_unchanged, snapshot
+
 N_PER, N_GENES, TYPES, BATCHES = 40, 80, ("T", "B", "NK"), ("b1", "b2", "b3")
 # Small minibatches and a large learning rate: enough gradient steps in a few epochs.
 FAST = dict(batch_size=32, train_kwargs=dict(enable_progress_bar=False, plan_kwargs=dict(lr=1e-2)))
@@ -51,7 +53,7 @@ def mapped(data):
 
     ref = data[data.obs["batch"] != "b3"].copy()
     query = data[data.obs["batch"] == "b3"].copy()
-    ref_model = tl.scvi_integrate(ref, "batch", n_latent=5, n_hidden=32, max_epochs=25, seed=0, **FAST)
+    ref_model = tl.scvi_integrate(ref, batch_key="batch", n_latent=5, n_hidden=32, max_epochs=25, seed=0, **FAST)
     before = copy.deepcopy(ref_model.module.state_dict())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,8 +89,8 @@ def test_same_seed_same_latent(data):
     small = data[data.obs["batch"] == "b1"].copy()
     a, b = small.copy(), small.copy()
     with pytest.warns(UserWarning, match="single value"):
-        tl.scvi_integrate(a, "batch", n_latent=3, n_hidden=16, max_epochs=2, seed=7, **FAST)
-        tl.scvi_integrate(b, "batch", n_latent=3, n_hidden=16, max_epochs=2, seed=7, **FAST)
+        tl.scvi_integrate(a, batch_key="batch", n_latent=3, n_hidden=16, max_epochs=2, seed=7, **FAST)
+        tl.scvi_integrate(b, batch_key="batch", n_latent=3, n_hidden=16, max_epochs=2, seed=7, **FAST)
     np.testing.assert_allclose(a.obsm["X_scvi"], b.obsm["X_scvi"], rtol=1e-5, atol=1e-6)
 
 
@@ -138,11 +140,116 @@ def test_query_with_other_gene_identifiers_raises(mapped):
     assert shuffled.n_vars == n_vars
 
 
-def test_log_normalised_input_is_refused(data):
+def _never_reached(*args, **kwargs):
+    raise AssertionError("scvi-tools was reached: the counts check must come first")
+
+
+def test_log_normalised_input_is_refused(data, monkeypatch):
+    import scvi
+
+    from tflib.validation import CountsError
+
+    monkeypatch.setattr(scvi.model.SCVI, "setup_anndata", _never_reached)
     bad = data.copy()
     bad.X = bad.layers["lognorm"].copy()
-    with pytest.raises(ValueError, match="raw counts"):
-        tl.scvi_integrate(bad, "batch", max_epochs=1)
+    before = snapshot(bad)
+    with pytest.raises(CountsError, match=r"adata.X does not hold raw counts.*log-normalised.*pass layer="):
+        tl.scvi_integrate(bad, batch_key="batch", max_epochs=1)
+    assert_unchanged(bad, before)
+
+
+@pytest.mark.parametrize("case", ["nan_last_row", "nan_row_300", "negative_last_column", "fraction"])
+def test_every_value_is_checked_before_training(data, monkeypatch, case):
+    """The old check read the first 20,000 values; a bad value later crashed inside torch."""
+    import scipy.sparse as sp
+    import scvi
+
+    from tflib.validation import CountsError
+
+    monkeypatch.setattr(scvi.model.SCVI, "setup_anndata", _never_reached)
+    bad = data.copy()
+    X = np.asarray(bad.X).copy()
+    where = {"nan_last_row": (-1, 3, np.nan), "nan_row_300": (300, 0, np.nan),
+             "negative_last_column": (-1, -1, -1.0), "fraction": (359, 40, 2.5)}[case]
+    X[where[0], where[1]] = where[2]
+    bad.X = sp.csr_matrix(X)
+    row, col = where[0] % bad.n_obs, where[1] % bad.n_vars
+    kind = {"nan_last_row": "NaN or infinite", "nan_row_300": "NaN or infinite",
+            "negative_last_column": "negative", "fraction": "non-integer"}[case]
+    before = snapshot(bad)
+    with pytest.raises(CountsError) as err:
+        tl.scvi_integrate(bad, batch_key="batch", max_epochs=1)
+    msg = str(err.value)
+    assert f"1 {kind} value (first at cell {row} ('cell{row}'), gene {col} ('g{col}'))" in msg
+    assert "layer=" in msg
+    assert_unchanged(bad, before)
+    with pytest.raises(CountsError, match=kind):       # map_query's check is the same function
+        tl.check_counts(bad)
+
+
+def test_zero_count_cells_are_reported_and_all_zero_refused(data, monkeypatch):
+    import scvi
+
+    from tflib.validation import CountsError
+
+    monkeypatch.setattr(scvi.model.SCVI, "setup_anndata", _never_reached)
+    a = data.copy()
+    X = np.asarray(a.X).copy()
+    X[[0, 5, 359]] = 0
+    a.X = X
+    with pytest.warns(UserWarning, match=r"3 of 360 cells in adata.X have zero counts.*"
+                                         r"sc.pp.filter_cells\(adata, min_counts=1\)"):
+        with pytest.raises(AssertionError, match="scvi-tools was reached"):  # a warning, then training
+            tl.scvi_integrate(a, batch_key="batch", max_epochs=1)
+    assert a.n_obs == 360                               # never dropped from the user's object
+    before = snapshot(a)
+    with pytest.raises(CountsError, match="3 of 360 cells"):
+        tl.scvi_integrate(a, batch_key="batch", max_epochs=1, on_zero_cells="raise")
+    a.X = np.zeros_like(X)
+    with pytest.raises(CountsError, match="no counts at all: all 360 cells sum to 0"):
+        tl.scvi_integrate(a, batch_key="batch", max_epochs=1)
+    a.X = X
+    assert_unchanged(a, before)
+
+
+def test_zero_count_cells_train_and_are_recorded(data):
+    a = data[data.obs["batch"] != "b3"].copy()
+    X = np.asarray(a.X).copy()
+    X[:2] = 0
+    a.X = X
+    with pytest.warns(UserWarning, match="2 of 240 cells"):
+        tl.scvi_integrate(a, batch_key="batch", n_latent=3, n_hidden=16, max_epochs=1, seed=0, **FAST)
+    assert a.uns["scvi_integrate"]["n_zero_count_cells"] == 2
+    assert np.isfinite(a.obsm["X_scvi"]).all() and a.n_obs == 240
+
+
+def test_failed_training_leaves_adata_as_it_was(data, monkeypatch):
+    import scvi
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("simulated failure inside training")
+
+    monkeypatch.setattr(scvi.model.SCVI, "train", boom)
+    a = data.copy()
+    a.obs["batch"] = a.obs["batch"].cat.add_categories(["unused"])
+    before = snapshot(a)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        tl.scvi_integrate(a, batch_key="batch", max_epochs=1)
+    assert_unchanged(a, before)                        # no _scvi_* columns or uuids left behind
+    assert "unused" in a.obs["batch"].cat.categories
+
+
+def test_old_keyword_names_still_work_for_one_release(data, monkeypatch):
+    import scvi
+
+    monkeypatch.setattr(scvi.model.SCVI, "setup_anndata", _never_reached)
+    with pytest.warns(FutureWarning, match=r"key_added=\.\.\. instead"):
+        with pytest.raises(AssertionError, match="scvi-tools was reached"):
+            tl.scvi_integrate(data.copy(), batch_key="batch", key="X_old")
+    with pytest.raises(TypeError):                      # options are keyword-only
+        tl.scvi_integrate(data.copy(), "batch")
+    with pytest.warns(FutureWarning, match="n_check"):
+        tl.check_counts(data, n_check=10)
 
 
 def test_transfer_labels_bad_input(mapped):

@@ -8,8 +8,11 @@ reuses the latent space as a baseline for annotation.
 
 Results are written under documented keys:
 
-* ``adata.obsm[key]`` (default ``"X_scvi"``): the latent mean per cell;
-* ``adata.uns["scvi_integrate"]`` / ``query.uns["map_query"]``: parameters and final losses.
+* ``adata.obsm[key_added]`` (default ``"X_scvi"``): the latent mean per cell;
+* ``adata.uns["scvi_integrate"]`` / ``query.uns["map_query"]``: parameters and final losses;
+* scvi-tools' registration keys on the reference (listed in :func:`scvi_integrate`).
+
+Counts are checked in full first (:func:`tflib.validation.check_counts`); see :func:`check_counts`.
 
 Training runs on the accelerator scvi-tools picks automatically (``"auto"``), or on the one
 passed in ``accelerator`` (e.g. derived from :func:`tflib.utils.get_device`).
@@ -20,6 +23,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
+
+from tflib._compat import renamed_kwargs
 
 __all__ = ["scvi_integrate", "map_query", "check_counts", "check_query_genes"]
 
@@ -34,25 +39,38 @@ SCARCHES_ARCH = dict(
 )
 
 
-def check_counts(adata, layer: str | None = None, *, n_check: int = 20_000) -> None:
-    """Raise unless ``adata.X`` (or ``layers[layer]``) holds non-negative integer counts.
+def check_counts(adata, *, layer: str | None = None, on_zero_cells: str = "warn", n_check=None) -> np.ndarray:
+    """Raise unless ``adata.X`` (or ``layers[layer]``) holds raw counts; report empty cells.
 
     scVI models counts with a negative binomial; fed log-normalised data it trains without
-    complaint and returns a misleading latent space. Only the first ``n_check`` stored values
-    are inspected, which is enough to catch a log-normalised matrix.
-    """
-    import scipy.sparse as sp
+    complaint and returns a misleading latent space, and a NaN makes it fail deep inside torch.
+    Every value is checked (:func:`tflib.validation.check_counts`, chunked). An all-zero matrix is
+    refused; cells without counts give a warning (``on_zero_cells="warn"``), or an error with
+    ``"raise"``: scVI keeps them but places all of them on one point of the latent space, a
+    spurious "cluster" without biology. Used by :func:`scvi_integrate` and :func:`map_query`
+    (chapter 02).
 
-    X = adata.layers[layer] if layer is not None else adata.X
-    vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    vals = np.asarray(vals[:n_check])
-    where = f"layers[{layer!r}]" if layer is not None else "X"
-    if vals.size and (vals.min() < 0 or not np.allclose(vals, np.round(vals))):
-        raise ValueError(
-            f"adata.{where} does not look like raw counts (found negative or non-integer values), "
-            "but scVI needs counts. Fix: pass layer= naming the counts layer, or put the raw "
-            "counts in X (tflib.datasets.load('kang_pbmc') keeps them in X)."
-        )
+    Returns
+    -------
+    The boolean mask of cells with zero counts (all ``False`` for clean input).
+
+    Raises
+    ------
+    tflib.validation.CountsError
+        (a ``ValueError``) naming the number of bad values, the first bad cell and gene, and the fix.
+    """
+    from tflib.validation import check_counts as _check_all, check_zero_counts
+
+    if n_check is not None:
+        warnings.warn("check_counts(n_check=...) is deprecated and ignored: every value is checked now.",
+                      FutureWarning, stacklevel=2)
+    fix = ("scVI needs raw counts: pass layer= naming the counts layer, or put the raw counts in X "
+           "(tflib.datasets.load('kang_pbmc') keeps them in X).")
+    _check_all(adata, layer=layer, fix=fix)
+    return check_zero_counts(
+        adata, layer=layer, on_zero_cells=on_zero_cells, stacklevel=3,
+        consequence="scVI keeps them (the object is not changed) but maps them all to one point of the "
+                    "latent space, which can look like a small extra cluster.")
 
 
 def _train_kwargs(max_epochs, accelerator, batch_size, early_stopping, extra):
@@ -71,10 +89,45 @@ def _final_losses(model) -> dict:
     return out
 
 
+class _RollBack:
+    """Undo what scvi-tools and this module added to an AnnData when a call fails halfway.
+
+    scvi-tools' ``setup_anndata`` writes ``obs["_scvi_batch"|"_scvi_labels"]`` and
+    ``uns["_scvi_uuid"|"_scvi_manager_uuid"]`` before training starts; if training then fails,
+    the user's object would keep them. The snapshot is of column and key *names* (plus the batch
+    column itself), so it costs no copy of the data.
+    """
+
+    def __init__(self, adata, batch_key=None):
+        self.adata, self.batch_key = adata, batch_key
+        self.obs_cols = list(adata.obs.columns)
+        self.batch = adata.obs[batch_key].copy() if batch_key is not None and batch_key in adata.obs else None
+        self.uns = {k: adata.uns[k] for k in adata.uns}
+        self.obsm = set(adata.obsm.keys())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        a = self.adata
+        a.obs.drop(columns=[c for c in a.obs.columns if c not in self.obs_cols], inplace=True)
+        if self.batch is not None:
+            a.obs[self.batch_key] = self.batch
+        for k in [k for k in a.uns if k not in self.uns]:
+            del a.uns[k]
+        a.uns.update(self.uns)
+        for k in [k for k in a.obsm if k not in self.obsm]:
+            del a.obsm[k]
+        return False
+
+
+@renamed_kwargs(key="key_added")
 def scvi_integrate(
     adata,
-    batch_key: str,
     *,
+    batch_key: str,
     layer: str | None = None,
     n_latent: int = 10,
     n_hidden: int = 128,
@@ -82,8 +135,9 @@ def scvi_integrate(
     batch_size: int = 128,
     early_stopping: bool = False,
     seed: int = 0,
-    key: str = "X_scvi",
+    key_added: str = "X_scvi",
     query_ready: bool = True,
+    on_zero_cells: str = "warn",
     accelerator: str | None = None,
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
@@ -92,13 +146,18 @@ def scvi_integrate(
 
     Used in chapters 02 (integration, reference for atlas mapping) and 07 (kNN baseline).
 
+    The counts are checked in full before anything is changed (:func:`check_counts`): a NaN,
+    a negative or a non-integer value anywhere raises :class:`tflib.validation.CountsError`
+    naming the first bad cell and gene. If training fails, the keys scvi-tools had already
+    added are removed again, so a failed call leaves ``adata`` as it was.
+
     Parameters
     ----------
     adata
         Cells x genes with raw counts in ``X`` (or in ``layers[layer]``). Select highly
         variable genes first (about 2,000): scVI is faster and not worse on them.
     batch_key
-        ``obs`` column whose effect scVI should remove (Kang: ``"stim"``).
+        ``obs`` column whose effect scVI should remove (Kang: ``"stim"``). Keyword-only.
     layer
         Counts layer, if the counts are not in ``X``.
     n_latent, n_hidden
@@ -109,11 +168,15 @@ def scvi_integrate(
         Passed to ``SCVI.train``.
     seed
         Stored in ``scvi.settings.seed`` (seeds torch, NumPy and Python) before building.
-    key
-        ``obsm`` key for the latent mean.
+    key_added
+        ``obsm`` key for the latent mean (formerly ``key``, still accepted for one release).
     query_ready
         Use the scArches-recommended architecture (:data:`SCARCHES_ARCH`) so that queries can
         later be mapped with :func:`map_query`. ``False`` gives scvi-tools' defaults.
+    on_zero_cells
+        Cells whose counts sum to 0: ``"warn"`` (default; they are kept, and all land on one
+        point of the latent space) or ``"raise"``. They are never dropped from ``adata``; to drop
+        them call ``sc.pp.filter_cells(adata, min_counts=1)`` first. An all-zero matrix is refused.
     accelerator
         ``None`` (scvi-tools' ``"auto"``) or an explicit choice, e.g. ``get_device().type``.
     model_kwargs, train_kwargs
@@ -122,38 +185,51 @@ def scvi_integrate(
     Returns
     -------
     scvi.model.SCVI
-        The trained model (``model.adata`` is ``adata``).
+        The trained model (``model.adata`` is ``adata``). The verb's purpose is the model, so it
+        is returned; the latent space is also written into ``adata``.
+
+    Keys written to ``adata``:
+
+    - ``obsm[key_added]`` (default ``"X_scvi"``): the latent mean per cell;
+    - ``uns["scvi_integrate"]``: the settings, ``n_zero_count_cells`` and the final losses;
+    - by scvi-tools' ``setup_anndata``: ``obs["_scvi_batch"]``, ``obs["_scvi_labels"]``,
+      ``uns["_scvi_uuid"]`` and ``uns["_scvi_manager_uuid"]``;
+    - ``obs[batch_key]``: if categorical, its unused categories are removed (an unused category
+      would become an untrained batch slot).
     """
     import scvi
 
     if batch_key not in adata.obs:
         raise KeyError(f"adata.obs has no column {batch_key!r}. Available: {list(adata.obs.columns)}.")
-    check_counts(adata, layer)
-    if isinstance(adata.obs[batch_key].dtype, pd.CategoricalDtype):
-        # An unused category would become an untrained batch slot that a later query with
-        # that value would silently reuse instead of getting its own parameters.
-        adata.obs[batch_key] = adata.obs[batch_key].cat.remove_unused_categories()
-    n_batches = adata.obs[batch_key].nunique()
-    if n_batches < 2:
-        warnings.warn(
-            f"obs[{batch_key!r}] has a single value: scVI will learn a latent space but has no "
-            "batch effect to remove. That is fine for a reference that queries will be mapped onto.",
-            stacklevel=2,
-        )
-    scvi.settings.seed = seed
-    scvi.model.SCVI.setup_anndata(adata, layer=layer, batch_key=batch_key)
-    arch = dict(SCARCHES_ARCH) if query_ready else {}
-    arch.update(model_kwargs or {})
-    model = scvi.model.SCVI(adata, n_latent=n_latent, n_hidden=n_hidden, **arch)
-    model.train(**_train_kwargs(max_epochs, accelerator, batch_size, early_stopping, train_kwargs))
-    adata.obsm[key] = model.get_latent_representation()
+    zero = check_counts(adata, layer=layer, on_zero_cells=on_zero_cells)
+    with _RollBack(adata, batch_key):
+        if isinstance(adata.obs[batch_key].dtype, pd.CategoricalDtype):
+            # An unused category would become an untrained batch slot that a later query with
+            # that value would silently reuse instead of getting its own parameters.
+            adata.obs[batch_key] = adata.obs[batch_key].cat.remove_unused_categories()
+        n_batches = adata.obs[batch_key].nunique()
+        if n_batches < 2:
+            warnings.warn(
+                f"obs[{batch_key!r}] has a single value: scVI will learn a latent space but has no "
+                "batch effect to remove. That is fine for a reference that queries will be mapped onto.",
+                stacklevel=3,
+            )
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(adata, layer=layer, batch_key=batch_key)
+        arch = dict(SCARCHES_ARCH) if query_ready else {}
+        arch.update(model_kwargs or {})
+        model = scvi.model.SCVI(adata, n_latent=n_latent, n_hidden=n_hidden, **arch)
+        model.train(**_train_kwargs(max_epochs, accelerator, batch_size, early_stopping, train_kwargs))
+        latent = model.get_latent_representation()
+    adata.obsm[key_added] = latent
     adata.uns["scvi_integrate"] = {
         "batch_key": batch_key,
         "n_latent": n_latent,
         "max_epochs": -1 if max_epochs is None else int(max_epochs),
         "seed": int(seed),
         "query_ready": bool(query_ready),
-        "key": key,
+        "key_added": key_added,
+        "n_zero_count_cells": int(zero.sum()),
         **_final_losses(model),
     }
     return model
@@ -182,6 +258,7 @@ def check_query_genes(reference_genes, query_genes, *, min_overlap: float = 0.8)
     return frac
 
 
+@renamed_kwargs(key="key_added")
 def map_query(
     reference_model,
     query,
@@ -190,8 +267,9 @@ def map_query(
     max_epochs: int = 100,
     batch_size: int = 128,
     seed: int = 0,
-    key: str = "X_scvi",
+    key_added: str = "X_scvi",
     min_overlap: float = 0.8,
+    on_zero_cells: str = "warn",
     weight_decay: float = 0.0,
     accelerator: str | None = None,
     train_kwargs: dict | None = None,
@@ -211,8 +289,9 @@ def map_query(
         :func:`scvi_integrate`.
     query
         Cells x genes with raw counts; ``obs`` must contain the reference's batch column (new
-        batch values are expected: they are what the surgery learns). The query is not
-        modified except for ``obsm[key]`` and ``uns["map_query"]``.
+        batch values are expected: they are what the surgery learns). Its counts are checked in
+        full first (:func:`check_counts`). The query is not modified except for the keys
+        listed below; scvi-tools works on a gene-aligned copy.
     layer
         Counts layer of the query, if not ``X``.
     max_epochs
@@ -220,11 +299,13 @@ def map_query(
         fewer to stay within its time budget).
     seed
         Stored in ``scvi.settings.seed`` before training.
-    key
-        ``obsm`` key for the query's latent mean.
+    key_added
+        ``obsm`` key for the query's latent mean (formerly ``key``, accepted for one release).
     min_overlap
         Smallest fraction of reference genes that must be present in the query; see
         :func:`check_query_genes`.
+    on_zero_cells
+        As in :func:`scvi_integrate` (``"warn"`` or ``"raise"``; cells are never dropped).
     weight_decay
         0 (the scArches recommendation) keeps the frozen weights exactly frozen under AdamW.
     accelerator, train_kwargs
@@ -234,6 +315,9 @@ def map_query(
     -------
     scvi.model.SCVI
         The query model; ``model.adata`` is a gene-aligned copy of the query.
+
+    Keys written to ``query``: ``obsm[key_added]`` (the latent mean) and ``uns["map_query"]``
+    (settings, gene overlap, ``n_zero_count_cells`` and final losses).
     """
     import scvi
 
@@ -253,7 +337,7 @@ def map_query(
             "filled with zeros.",
             stacklevel=2,
         )
-    check_counts(query, layer)
+    zero = check_counts(query, layer=layer, on_zero_cells=on_zero_cells)
 
     q = query.copy()
     if layer is not None and layer != ref_layer:
@@ -277,9 +361,10 @@ def map_query(
     extra = dict(train_kwargs or {})
     plan.update(extra.pop("plan_kwargs", {}) or {})
     model.train(**_train_kwargs(max_epochs, accelerator, batch_size, False, extra), plan_kwargs=plan)
-    query.obsm[key] = model.get_latent_representation()
+    query.obsm[key_added] = model.get_latent_representation()
     query.uns["map_query"] = {
-        "key": key,
+        "key_added": key_added,
+        "n_zero_count_cells": int(zero.sum()),
         "max_epochs": int(max_epochs),
         "seed": int(seed),
         "gene_overlap": frac,
