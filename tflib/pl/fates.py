@@ -68,6 +68,8 @@ def fate_donuts(
 ):
     """Draw fate-probability donuts for a subsample of cells on an embedding (article Fig. 1C).
 
+    Used in chapters 09 and 10. Writes nothing into ``adata``.
+
     Parameters
     ----------
     adata

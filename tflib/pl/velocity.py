@@ -53,7 +53,8 @@ def phase_portraits(
     """Unspliced against spliced abundance for each gene, with the fitted steady-state line.
 
     A gene whose cells lie above the line (more unspliced than steady state predicts) is being
-    induced there: positive velocity; below the line, repressed: negative velocity.
+    induced there: positive velocity; below the line, repressed: negative velocity. Used in
+    chapter 08. Writes nothing into ``adata``.
 
     Parameters
     ----------

@@ -43,6 +43,8 @@ def tokenize(adata, tokenizer, *, key_added: str = "tokens", store=None, overwri
              copy: bool = False, **encode_kwargs):
     """Tokenize every cell of ``adata`` and record the tokenizer's settings in ``adata.uns[key_added]``.
 
+    Chapter 04 introduces it; chapters 06, 07 and 10 tokenize their cells with it.
+
     Parameters
     ----------
     adata
@@ -119,7 +121,21 @@ def check_tokenizer(adata, tokenizer, *, tokens_key: str = "tokens") -> None:
     """Raise :class:`~tflib.tokenize.TokenizerMismatchError` if ``adata``'s tokens (``uns[key]``) were
     made by a tokenizer different from ``tokenizer`` (preset, vocabulary, medians, length, bins).
 
-    Call it before embedding or fine-tuning on tokens that an earlier chapter wrote.
+    Call it before embedding or fine-tuning on tokens that an earlier chapter wrote (chapters 06
+    and 07 do).
+
+    Parameters
+    ----------
+    adata
+        Cells tokenized by :func:`tokenize`.
+    tokenizer
+        The tokenizer about to be used on those tokens.
+    tokens_key
+        The ``key_added`` that :func:`tokenize` used.
+
+    Returns
+    -------
+    None. Raises on a mismatch.
     ``tokens_key`` is the ``key_added`` that :func:`tokenize` used (``key`` is accepted for one
     release, with a warning). Writes nothing.
     """
