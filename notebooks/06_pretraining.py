@@ -156,7 +156,7 @@ toy = {
               "activation": "gelu", "dropout": 0.0, "attn_dropout": 0.0},
     "max_len": 64, "seed": SEED, "batch_size": 32, "max_steps": 120, "warmup_steps": 10,
     "lr": 3e-3, "min_lr": 1e-4, "num_threads": 2, "out_dir": "_artifacts/06_toy_run",
-    "checkpoint_every": 1000, "resume": False, "progress": False,
+    "checkpoint_every": 1000, "resume": False, "overwrite": True, "progress": False,
 }
 toy_run = run_pretraining(toy, dataset=kang_cells, tokenizer=tokenizer)
 toy_losses = np.array(toy_run.losses)

@@ -120,3 +120,92 @@ def test_token_store_and_tokenizer_from_recipe(tmp_path):
     assert res.model.config.vocab_size == 44 and np.isfinite(res.losses).all()
     model, saved_tok = load_pretrained(tmp_path / "run" / "model")
     assert saved_tok.config() == tok.config()
+
+
+# ---- the output folder: a user's files survive, a previous run is replaced only when asked ----------
+def _snapshot(folder):
+    """``{relative path: bytes}`` of every file under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_out_dir_with_user_files_is_refused_and_left_alone(tmp_path):
+    run = tmp_path / "run"
+    (run / "notes").mkdir(parents=True)
+    (run / "notes" / "results.txt").write_text("three weeks of work")
+    (run / "loss_log.csv").write_text("my own csv\n")
+    before = _snapshot(run)
+    for kw in (dict(), dict(resume=False, overwrite=True)):
+        with pytest.raises(FileExistsError, match=r"does not write \(notes\).*new or empty folder.*out_dir="):
+            run_pretraining(recipe(tmp_path, **kw))
+        assert _snapshot(run) == before and sorted(p.name for p in run.iterdir()) == ["loss_log.csv", "notes"]
+    # a stranger inside checkpoints/ counts too
+    (run / "notes" / "results.txt").unlink()
+    (run / "notes").rmdir()
+    (run / "loss_log.csv").unlink()
+    (run / "checkpoints" / "step-000003").mkdir(parents=True)
+    (run / "checkpoints" / "step-000003" / "mine.txt").write_text("not a checkpoint")
+    with pytest.raises(FileExistsError, match="checkpoints/step-000003"):
+        run_pretraining(recipe(tmp_path, resume=False, overwrite=True))
+    assert (run / "checkpoints" / "step-000003" / "mine.txt").read_text() == "not a checkpoint"
+    # the suggested fix works: a new folder inside it
+    res = run_pretraining(recipe(tmp_path, out_dir=str(run / "run"), max_steps=2))
+    assert len(res.log) == 2 and (run / "checkpoints" / "step-000003" / "mine.txt").is_file()
+
+
+def test_previous_run_is_replaced_only_with_overwrite(tmp_path):
+    old = run_pretraining(recipe(tmp_path, max_steps=9))                   # checkpoints step-6, step-9 + model/
+    run = tmp_path / "run"
+    before = _snapshot(run)
+    with pytest.raises(FileExistsError, match="previous pretraining run.*overwrite=True"):
+        run_pretraining(recipe(tmp_path, resume=False))
+    assert _snapshot(run) == before                                   # nothing touched
+    new = run_pretraining(recipe(tmp_path, resume=False, overwrite=True, max_steps=6, seed=1))
+    assert new.losses != old.losses[:6]
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert steps == ["step-000003", "step-000006"]                    # the old run's step-9 is gone, the new ones kept
+    from tflib.models import load_pretrained
+
+    saved, _ = load_pretrained(run / "model")
+    for k, v in new.model.state_dict().items():
+        assert torch.equal(v, saved.state_dict()[k]), k               # model/ is the new run's
+
+
+def test_finished_run_resumes_to_the_same_model(tmp_path):
+    first = run_pretraining(recipe(tmp_path))
+    again = run_pretraining(recipe(tmp_path))                          # resume=True: nothing left to do
+    assert again.losses == first.losses
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+
+
+def test_save_checkpoint_keeps_what_it_did_not_write(tmp_path):
+    from tflib.models import Transcriptformer, TranscriptformerConfig
+    from tflib.train.checkpoints import latest_checkpoint, save_checkpoint
+
+    cfg = recipe(tmp_path, keep_checkpoints=1)
+    model = Transcriptformer(TranscriptformerConfig(vocab_size=20, **TINY_MODEL))
+    opt = torch.optim.AdamW(model.parameters())
+    ckpts = tmp_path / "ckpts"
+    (ckpts / "step-000001").mkdir(parents=True)                      # looks like a checkpoint, is not one
+    (ckpts / "step-000001" / "keep.txt").write_text("x")
+    (ckpts / "step-000005").mkdir()
+    (ckpts / "step-000005" / "keep.txt").write_text("y")
+    save_checkpoint(ckpts, model, opt, 2, cfg)
+    save_checkpoint(ckpts, model, opt, 3, cfg)                      # rotation removes step-2 only
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000001", "step-000003", "step-000005"]
+    assert latest_checkpoint(ckpts).name == "step-000003"
+    with pytest.raises(FileExistsError, match="not a checkpoint"):
+        save_checkpoint(ckpts, model, opt, 5, cfg)
+    assert (ckpts / "step-000005" / "keep.txt").read_text() == "y"
+    assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp")]  # no temporary folder left behind
+
+
+def test_cli_overwrite_flag(tmp_path):
+    cfg = recipe(tmp_path, max_steps=2)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(dict(cfg.__dict__)))
+    cmd = [sys.executable, "-m", "tflib.train.pretrain", "--config", str(path), "--no-progress", "--no-resume"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr
+    assert subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=120).returncode == 0

@@ -39,9 +39,8 @@ import csv
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +51,9 @@ from tflib.models import Transcriptformer, TranscriptformerConfig
 from tflib.utils import get_device
 
 from .data import MaskingCollator, SyntheticCorpus, length_grouped_batches, padding_fraction, sequence_lengths
+from .checkpoints import (RESUME_KEYS, latest_checkpoint, load_checkpoint,  # noqa: F401 (re-exported)
+                          prepare_out_dir, save_checkpoint)
 
-#: Settings that must not change between a checkpoint and its resumption.
-RESUME_KEYS = ("model", "seed", "batch_size", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay",
-               "betas", "grad_clip", "mask_prob", "megabatch_mult", "max_len", "logits", "data", "synthetic")
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "n_masked", "n_tokens", "padding", "seconds")
 
 
@@ -69,6 +67,10 @@ class PretrainConfig:
     ``batch_size`` is the *global* batch (split over processes under torchrun).
     ``stop_after`` ends this invocation after that many steps (the schedule still runs to
     ``max_steps``), e.g. to fit a time budget and resume later.
+
+    ``out_dir`` holds only what the run writes (see :mod:`tflib.train.checkpoints`): a folder
+    with other files is refused. A previous run there is continued when ``resume`` is true and
+    it has a checkpoint; it is replaced only with ``overwrite=True``.
     """
 
     model: dict = field(default_factory=dict)
@@ -97,6 +99,7 @@ class PretrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     resume: bool = True
+    overwrite: bool = False
     progress: bool = True
 
     @classmethod
@@ -201,59 +204,6 @@ def _optimizer(model, cfg):
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-# ---- checkpoints -----------------------------------------------------------------------------
-def save_checkpoint(directory, model, optimizer, step: int, cfg: PretrainConfig, tokenizer=None) -> Path:
-    """Write ``directory/step-NNNNNN`` atomically: model (+ tokenizer), optimizer tensors, state JSON."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    final = directory / f"step-{step:06d}"
-    tmp = directory / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, tokenizer=tokenizer)
-    sd = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in sd["state"].items() for k, v in st.items()}
-    save_file(tensors, tmp / "optimizer.safetensors")
-    state = {"step": step, "param_groups": sd["param_groups"], "config": asdict(cfg)}
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    steps = sorted(p for p in directory.glob("step-*") if p.is_dir())
-    for old in steps[: max(0, len(steps) - cfg.keep_checkpoints)]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(directory) -> Path | None:
-    """The newest complete ``step-*`` folder under ``directory`` (or ``None``)."""
-    done = [p for p in Path(directory).glob("step-*") if (p / "trainer_state.json").is_file()]
-    return max(done, default=None, key=lambda p: int(p.name.split("-")[1]))
-
-
-def load_checkpoint(path, model, optimizer, cfg: PretrainConfig) -> int:
-    """Restore weights and optimizer state from ``path``; returns the step to continue from."""
-    from safetensors.torch import load_file
-
-    from tflib.models import load_pretrained
-
-    state = json.loads((Path(path) / "trainer_state.json").read_text())
-    changed = [k for k in RESUME_KEYS if json.dumps(state["config"].get(k)) != json.dumps(asdict(cfg).get(k))]
-    if changed:
-        raise ValueError(
-            f"cannot resume from {path}: the recipe changed ({', '.join(changed)}). Use a new out_dir, "
-            "or set resume=False to start over."
-        )
-    saved, _ = load_pretrained(path, load_tokenizer=False)
-    model.load_state_dict(saved.state_dict())
-    tensors = load_file(Path(path) / "optimizer.safetensors")
-    per_param: dict[int, dict] = {}
-    for key, v in tensors.items():
-        i, name = key.split(".", 1)
-        per_param.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
-    return int(state["step"])
-
-
 # ---- the loop ----------------------------------------------------------------------------------
 def run_pretraining(config: PretrainConfig | dict, dataset=None, tokenizer=None) -> PretrainResult:
     """Pretrain a :class:`~tflib.models.Transcriptformer` by masked-gene modelling (chapter 06).
@@ -266,6 +216,11 @@ def run_pretraining(config: PretrainConfig | dict, dataset=None, tokenizer=None)
     if cfg.logits not in ("masked", "all"):
         raise ValueError(f"logits={cfg.logits!r}; use 'masked' (fast) or 'all' (like HF BERT).")
     rank, world, local_rank = _distributed()
+    last = prepare_out_dir(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, clean=rank == 0)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()                                              # rank 0 has cleaned up before anyone reads
     device = get_device(cfg.device)
     if world > 1 and device.type != "cpu":
         device = torch.device(device.type, local_rank)
@@ -295,15 +250,12 @@ def run_pretraining(config: PretrainConfig | dict, dataset=None, tokenizer=None)
     out_dir = Path(cfg.out_dir)
     ckpt_dir, log_path = out_dir / "checkpoints", out_dir / "loss_log.csv"
     start, log = 0, []
-    last = latest_checkpoint(ckpt_dir) if cfg.resume else None
     if last is not None:
         start = load_checkpoint(last, model, optimizer, cfg)
         if log_path.is_file():
             with open(log_path) as fh:
                 log = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
             log = [row for row in log if row["step"] < start]
-    elif rank == 0 and log_path.is_file():
-        log_path.unlink()                                           # a fresh run starts a fresh log
 
     lengths = np.minimum(sequence_lengths(dataset), max_len)
     epoch_batches: dict[int, list] = {}
@@ -386,7 +338,7 @@ def run_pretraining(config: PretrainConfig | dict, dataset=None, tokenizer=None)
     if rank == 0:
         _write_log(log_path, log)
         if end == cfg.max_steps:
-            model.save_pretrained(out_dir / "model", tokenizer=tokenizer)
+            model.save_pretrained(out_dir / "model", tokenizer=tokenizer, overwrite=True)  # checked above
     model.eval()
     model.tokenizer = tokenizer
     return PretrainResult(model, log, out_dir, pad_frac, n_tokens / elapsed if elapsed > 0 else float("nan"))
@@ -409,6 +361,7 @@ def main(argv=None):
     p.add_argument("--stop-after", type=int, help="stop this invocation after N steps (resume later)")
     p.add_argument("--device", help="override the automatic device choice (e.g. 'cpu')")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in out_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in out_dir (with --no-resume)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = p.parse_args(argv)
     cfg = PretrainConfig.from_file(args.config)
@@ -416,6 +369,7 @@ def main(argv=None):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.resume = cfg.resume and not args.no_resume
+    cfg.overwrite = cfg.overwrite or args.overwrite
     cfg.progress = cfg.progress and not args.no_progress
     result = run_pretraining(cfg)
     if int(os.environ.get("RANK", "0")) == 0 and result.log:
