@@ -17,7 +17,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"datasets", "tokenize", "models", "train", "pp", "tl", "pl", "stats", "utils", "widgets"}
+_SUBMODULES = {"datasets", "tokenize", "models", "train", "pp", "tl", "pl", "stats", "utils"}
 
 
 def __getattr__(name: str):

@@ -3,10 +3,10 @@ from tflib._lazy import lazy_exports
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
-    "TranscriptformerConfig": "transformer",
+    "TranscriptformerConfig": "blocks",
     "Transcriptformer": "transformer",
     "TranscriptformerOutput": "transformer",
-    "ClassificationHead": "transformer",
+    "ClassificationHead": "heads",
     "load_pretrained": "checkpoint",
     "CheckpointError": "checkpoint",
     "from_hf_dir": "hf",
