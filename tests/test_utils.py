@@ -1,5 +1,6 @@
-"""tflib.utils: the notebook setup helper."""
+"""tflib.utils: the notebook setup helper and the JSON writer that never replaces a file by accident."""
 import numpy as np
+import pytest
 
 
 def test_notebook_setup_seeds_and_quiets():
@@ -33,3 +34,15 @@ def test_loss_curve_draws_steps_mean_and_chance():
         tflib.pl.loss_curve([1.0, 2.0], steps=[1])
     with pytest.raises(ValueError, match="empty"):
         tflib.pl.loss_curve([])
+
+
+def test_write_json_replaces_a_file_only_when_asked(tmp_path):
+    from tflib.utils import write_json
+
+    path = tmp_path / "sub" / "vocab.json"
+    write_json(path, {"a": 1})
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_json(path, {"a": 2})
+    assert path.read_text() == '{"a": 1}'                              # untouched by the refused call
+    write_json(path, {"a": 2}, overwrite=True)
+    assert path.read_text() == '{"a": 2}'
