@@ -182,3 +182,15 @@ def test_from_hf_bert_refuses_untied_decoder():
         hf.cls.predictions.decoder.weight.add_(1.0)
     with pytest.raises(ValueError, match="not tied"):
         Transcriptformer.from_hf_bert(hf)
+
+
+def test_save_pretrained_keeps_an_existing_checkpoint_unless_asked(tmp_path):
+    first, second = Transcriptformer(tiny()), Transcriptformer(tiny())
+    first.save_pretrained(tmp_path / "ckpt")
+    weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        second.save_pretrained(tmp_path / "ckpt")                     # the default is overwrite=False
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == weights
+    second.save_pretrained(tmp_path / "ckpt", overwrite=True)
+    loaded = Transcriptformer.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(loaded.embeddings.word.weight, second.embeddings.word.weight)
