@@ -3,6 +3,7 @@ truncation, streaming, persistence and every bad-input case of issue 3."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ import scipy.sparse as sp
 
 import anndata as ad
 from _tokenize_helpers import ensembl, synthetic_counts
-from tflib.tokenize import (GeneVocab, RankValueTokenizer, TokenizerInputError, TokenizerMismatchError,
-                            TokenStore, gene_medians, load_tokenizer, validate_token_sequences)
+from tflib.tokenize import (EmptyCellsWarning, GeneVocab, RankValueTokenizer, TokenizerInputError,
+                            TokenizerMismatchError, TokenStore, VocabularyCoverageError, gene_medians, load_tokenizer,
+                            validate_token_sequences)
 from tflib.tokenize.reference import rank_value_reference
 
 
@@ -152,7 +154,9 @@ def test_negative_nan_inf_raise(bad, match):
 
 def test_empty_cells_are_skipped_and_counted():
     a = synthetic_counts(40, 50, empty=(0, 5, 39))
-    c = _tokenizer(a).encode(a)
+    with pytest.warns(EmptyCellsWarning, match=r"3 of 40 cells have no counts in vocabulary genes and give empty"):
+        c = _tokenizer(a).encode(a)
+    assert c.report["n_cells_zero_counts"] == 3
     assert c.report["n_cells_skipped_empty"] == 3 and c.report["n_cells_out"] == 37 == len(c)
     assert 0 not in c.obs_index and 5 not in c.obs_index and list(c.obs.index[:2]) == ["cell1", "cell2"]
 
@@ -188,8 +192,14 @@ def test_coverage_error_for_wrong_identifiers():
     tok = _tokenizer(a)
     b = a.copy()
     b.var_names = [f"GENE{i}" for i in range(40)]
-    with pytest.raises(Exception, match="check_coverage=False"):
+    before = b.copy()
+    with pytest.raises(VocabularyCoverageError, match="None of the 40 genes") as e:
         tok.encode(b)
+    assert "GeneVocab.from_genes" in str(e.value) and "check_coverage=False" in str(e.value)
+    _assert_same_anndata(b, before)
+    # the fix it names works: a tokenizer built from these genes
+    own = _tokenizer(b)
+    assert len(own.encode(b)) == 30
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +251,190 @@ def test_tokenizer_layers_point_one_way():
 
     assert tt.load_tokenizer is registry.load_tokenizer
     assert callable(_core.assemble)
+
+
+def _assert_same_anndata(a, b):
+    """A failed call leaves the AnnData exactly as it was."""
+    assert a.shape == b.shape and list(a.var_names) == list(b.var_names) and list(a.obs_names) == list(b.obs_names)
+    assert (a.X != b.X).nnz == 0 and a.X.nnz == b.X.nnz
+    assert set(a.obs.columns) == set(b.obs.columns) and set(a.var.columns) == set(b.var.columns)
+    assert set(a.obsm) == set(b.obsm) and set(a.uns) == set(b.uns) and set(a.layers) == set(b.layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 10 §6: real-shaped input (genes outside the vocabulary, shared tokens, explicit zeros,
+# ties, truncation) goes through the one-pass path and equals the oracle
+# ---------------------------------------------------------------------------------------------
+def _real_shaped(seed=0, n_cells=120, n_genes=300):
+    rng = np.random.default_rng(seed)
+    a = synthetic_counts(n_cells, n_genes, density=0.3, seed=seed, empty=(4,))
+    X = a.X.tolil()
+    X[7, :] = 1.0                    # one long cell, all values equal: every gene ties
+    X = X.tocsr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sp.SparseEfficiencyWarning)
+        X[9, 3] = 0.0                # an explicit zero stored in the matrix
+    assert X[9].nnz and 0.0 in X[9].data
+    X.data[X.indptr[11]:X.indptr[12]] = 0.0  # a cell holding explicit zeros only
+    a.X = X
+    names = np.asarray(a.var_names).copy()
+    vocab_genes = [g for g in names if rng.random() > 0.05]       # ~5 % of the columns outside the vocabulary
+    names[10], names[11], names[12] = names[20], names[20], names[21]  # duplicated IDs: summed, like Geneformer V2
+    a.var_names = names
+    vocab = GeneVocab.from_genes(rng.permutation(sorted(set(vocab_genes) | {names[20], names[21]})))
+    # medians on a coarse grid, so that counts / median ties exactly between genes
+    med = {g: float(rng.choice([0.5, 1.0, 2.0, 4.0])) for g in vocab.genes}
+    return a, vocab, med
+
+
+@pytest.mark.parametrize("preset,max_len,chunk", [("V2", None, 25), ("V2", 30, 7), ("V1", 20, 1000)])
+def test_real_shaped_input_takes_the_one_pass_path_and_equals_oracle(monkeypatch, preset, max_len, chunk):
+    import tflib.tokenize.rank as rank_mod
+
+    a, vocab, med = _real_shaped()
+    tok = RankValueTokenizer(vocab, med, preset=preset, max_len=max_len)
+
+    def no_projection(*args, **kw):  # the general path must not be taken for such input
+        raise AssertionError("project() called: the one-pass path was not used")
+
+    monkeypatch.setattr(rank_mod, "project", no_projection)
+    with pytest.warns(EmptyCellsWarning, match="2 of 120 cells"):
+        cells = tok.encode(a, chunk_size=chunk)
+    m = cells.report["mapping"]
+    assert m["n_tokenizable"] < a.n_vars and m["n_duplicate_targets"] == 3
+    assert (cells.report["n_cells_truncated"] > 0) == (max_len is not None)
+    assert cells.report["n_cells_skipped_empty"] == 2
+    monkeypatch.undo()
+    _assert_equal_to_oracle(tok, a, cells)
+    # the cell with all counts 1: value = summed count / median, many exact ties -> ascending token id
+    from collections import Counter
+
+    i = int(np.flatnonzero(cells.obs_index == 7)[0])
+    genes = cells[i][1:-1] if preset == "V2" else cells[i]
+    count = Counter(g for g in a.var_names if g in vocab)
+    ids = {g: vocab.token_to_id(g) for g in count}
+    want = sorted(count, key=lambda g: (-count[g] / med[g], ids[g]))
+    np.testing.assert_array_equal(genes, [ids[g] for g in want][:len(genes)])
+    assert len(set(count[g] / med[g] for g in want[:len(genes)])) < len(genes) / 4   # ties really happen
+
+
+def test_one_pass_keys_drop_subnormal_safely():
+    """Tiny normalised values (subnormal counts / median) switch to the integer sort; same result."""
+    a, vocab, med = _real_shaped(seed=3, n_cells=30)
+    a.X = a.X.astype(np.float64)
+    a.X.data = a.X.data * 1e-310
+    tok = RankValueTokenizer(vocab, med, preset="V2")
+    with pytest.warns(EmptyCellsWarning):
+        cells = tok.encode(a, input="normalized")
+    _assert_equal_to_oracle(tok, a, cells)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 10 §2b: coverage is measured on counts; the course tokenizer takes real data by default
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def course_tokenizer():
+    from pathlib import Path
+
+    import tflib
+
+    return load_tokenizer(Path(tflib.__file__).parent / "resources" / "course_checkpoint")
+
+
+def test_course_tokenizer_takes_real_data_with_defaults(course_tokenizer, kang, pancreas):
+    """Kang (13,215 human genes) and the pancreas (7,192 mouse genes) against the 2,000-gene course
+    vocabulary: few of their genes but most of their counts are covered, so the defaults work."""
+    from tflib.datasets import load
+
+    k = load("kang_pbmc")
+    cells = course_tokenizer.encode(k)
+    assert len(cells) == k.n_obs
+    assert cells.report["mapping"]["n_tokenizable"] / k.n_vars < 0.25      # what the old rule refused
+    assert cells.report["count_fraction_covered"] > 0.5
+    assert cells.report["mapping"]["vocab_fraction"] > 0.5
+    p, _, _ = pancreas
+    pc = course_tokenizer.encode(p)
+    assert len(pc) == p.n_obs and pc.report["mapping"]["species"] == "mouse"
+    assert pc.report["count_fraction_covered"] > 0.5
+    _assert_equal_to_oracle(course_tokenizer, p, pc)
+
+
+def test_wrong_species_names_the_fix_that_helps(course_tokenizer, pancreas):
+    p, _, _ = pancreas
+    before = p.copy()
+    with pytest.raises(VocabularyCoverageError, match="species='mouse'") as e:
+        course_tokenizer.encode(p, species="human")        # mouse symbols read as human ones
+    assert "counts" in str(e.value) or "genes of the input" in str(e.value)
+    _assert_same_anndata(p, before)
+    assert len(course_tokenizer.encode(p, species="mouse")) == p.n_obs   # the named fix works
+
+
+def test_wrong_var_column_names_the_column_that_helps(course_tokenizer):
+    from tflib.datasets import load
+
+    k = load("kang_pbmc")[:200].copy()
+    k.var["symbol"] = k.var_names.astype(str)
+    k.var_names = [f"feature_{i}" for i in range(k.n_vars)]             # e.g. a matrix with numbered features
+    with pytest.raises(VocabularyCoverageError, match="gene_key='symbol'"):
+        course_tokenizer.encode(k)
+    assert len(course_tokenizer.encode(k, gene_key="symbol")) == 200
+
+
+def test_low_count_coverage_is_checked_on_every_cell_and_says_counts():
+    """Vocabulary genes that exist but hold few counts: the message is about counts, over all cells,
+    and nothing is written to disk."""
+    a = synthetic_counts(60, 100)
+    vocab = GeneVocab.from_genes(list(a.var_names)[:10])
+    tok = RankValueTokenizer(vocab, gene_medians(a, vocab=vocab), preset="V2")
+    with pytest.raises(VocabularyCoverageError, match=r"hold only .*% of the counts \(threshold min_count_fraction=50%\)"
+                       r": coverage is measured on counts, over all 60 cells"):
+        tok.encode(a)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        with pytest.raises(VocabularyCoverageError):
+            tok.encode_to_store(a, Path(d) / "s.tokens", chunk_size=16)
+        assert list(Path(d).iterdir()) == []
+    with pytest.warns(EmptyCellsWarning, match="counts only in genes outside the vocabulary"):
+        c = tok.encode(a, check_coverage=False)
+    assert len(c) == 60 - c.report["n_cells_skipped_empty"] > 0 and c.report["count_fraction_covered"] < 0.5
+    with pytest.warns(EmptyCellsWarning):
+        assert len(tok.encode(a, min_count_fraction=0.05)) == len(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 10 §2: an all-zero input is refused; zero-count cells are counted in a warning
+# ---------------------------------------------------------------------------------------------
+def test_all_zero_matrix_is_refused_with_the_fix(tmp_path):
+    a = synthetic_counts(30, 40)
+    tok = _tokenizer(a)
+    z = a.copy()
+    z.X = sp.csr_matrix(z.shape, dtype=np.float32)
+    before = z.copy()
+    with pytest.raises(TokenizerInputError, match=r"all 30 cells sum to 0.*layer='counts'"):
+        tok.encode(z)
+    _assert_same_anndata(z, before)
+    with pytest.raises(TokenizerInputError, match="all 30 cells sum to 0"):
+        tok.encode_to_store(z, tmp_path / "z.tokens")
+    assert list(tmp_path.iterdir()) == []
+    d = a.copy()
+    d.X = np.zeros(d.shape, dtype=np.float32)                   # dense zeros too
+    with pytest.raises(TokenizerInputError, match="all 30 cells sum to 0"):
+        tok.encode(d)
+
+
+def test_cells_without_vocabulary_counts_are_counted_apart_from_zero_cells():
+    a = synthetic_counts(50, 60, empty=(1,))
+    vocab = GeneVocab.from_genes(list(a.var_names)[:55])
+    tok = RankValueTokenizer(vocab, gene_medians(a, vocab=vocab), preset="V2")
+    X = a.X.tolil()
+    X[2, :55] = 0                                                 # counts only outside the vocabulary
+    X[2, 58] = 5
+    a.X = X.tocsr()
+    a.X.eliminate_zeros()
+    with pytest.warns(EmptyCellsWarning, match=r"2 of 50 cells .*\(1 has no counts at all, 1 has counts only in genes "
+                      "outside the vocabulary"):
+        c = tok.encode(a)
+    assert c.report["n_cells_skipped_empty"] == 2 and c.report["n_cells_zero_counts"] == 1
+    assert 1 not in c.obs_index and 2 not in c.obs_index

@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "BinningTokenizer": "binning",
     "TokenizedCells": "_core",
     "TokenizerInputError": "_core",
+    "EmptyCellsWarning": "_core",
     "TokenizerMismatchError": "base",
     "load_tokenizer": "registry",
     "check_configs": "base",

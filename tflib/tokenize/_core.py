@@ -19,6 +19,10 @@ class TokenizerInputError(ValueError):
     """Bad input to a tokenizer: the message names the problem and the fix."""
 
 
+class EmptyCellsWarning(UserWarning):
+    """Some cells have no counts in the vocabulary's genes and are left out of the tokens."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------
@@ -101,6 +105,22 @@ def validate_values(data: np.ndarray, input: str, where: str = ""):
             "counts (layer='counts' or adata.raw), or, if the values really are per-cell normalised "
             "(counts / n_counts * 1e4, not log), pass input='normalized'.")
     return lo
+
+
+def zero_count_rows(chunk: sp.csr_matrix, data_min) -> int:
+    """Rows of a validated CSR chunk whose counts sum to 0 (no stored value, or only zeros).
+
+    ``data_min`` is what :func:`validate_values` returned: when it is positive (the usual case)
+    only the row lengths are looked at. (Same rule as :func:`tflib.validation.zero_count_cells`,
+    computed per chunk while the tokenizer streams.)
+    """
+    n_rows = chunk.shape[0]
+    if data_min is None:
+        return n_rows
+    if data_min > 0:
+        return int((np.diff(chunk.indptr) == 0).sum())
+    sums = np.bincount(row_ids(chunk.indptr.astype(np.int64)), weights=chunk.data, minlength=n_rows)
+    return int((sums == 0).sum())
 
 
 def cell_totals(adata, chunk: sp.csr_matrix, start: int, stop: int, n_counts_key: str | None):

@@ -8,12 +8,15 @@ A tokenizer turns an AnnData (in memory, backed, or an ``.h5ad`` path) into toke
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ._core import (TokenizedCells, concat, iter_csr_chunks, merge_report,
-                    new_report, open_source, validate_values)
+from ._core import (EmptyCellsWarning, TokenizedCells, TokenizerInputError, concat, iter_csr_chunks,
+                    merge_report, new_report, open_source, validate_values, zero_count_rows)
+from tflib.validation import ZERO_CELLS_FIX
+
 from .vocab import GeneVocab, VocabularyCoverageError
 
 CONFIG_FILE = "tokenizer_config.json"
@@ -62,23 +65,82 @@ class _Tokenizer:
         return self.max_len - int(self.add_cls) - int(self.add_eos)
 
     # -- mapping --------------------------------------------------------------------------------
-    def gene_columns(self, adata, *, gene_key=None, id_type="auto", species="auto", min_gene_fraction=0.25,
+    def gene_columns(self, adata, *, gene_key=None, id_type="auto", species="auto", min_gene_fraction=0.0,
                      check_coverage=True, gene_table=None, ortholog_table=None):
-        """Token id of every column of ``adata`` (``-1`` = not tokenized) and the mapping report."""
+        """Token id of every column of ``adata`` (``-1`` = not tokenized) and the mapping report.
+
+        The report adds ``n_tokenizable`` (input columns that give a token), ``n_vocab_genes``
+        (genes this tokenizer can emit), ``n_vocab_present`` and ``vocab_fraction`` (how many of
+        those occur among the input's columns). With ``check_coverage``, raises
+        :class:`~tflib.tokenize.VocabularyCoverageError` when no column maps onto the vocabulary,
+        or (only if ``min_gene_fraction > 0`` is asked for) when fewer than that fraction of the
+        *input's* columns do; the count fraction is checked by ``encode`` on every cell.
+        """
         names = list(adata.var_names if gene_key is None else adata.var[gene_key].astype(str))
         m = self.vocab.map_genes(names, id_type=id_type, species=species, gene_table=gene_table,
                                  ortholog_table=ortholog_table)
         colmap = m.ids.astype(np.int32)
         colmap[~self._tokenizable[np.maximum(colmap, 0)]] = -1
-        frac = float((colmap >= 0).mean()) if colmap.size else 0.0
-        m.report["n_tokenizable"] = int((colmap >= 0).sum())
-        if check_coverage and frac < min_gene_fraction:
+        ok = colmap >= 0
+        frac = float(ok.mean()) if colmap.size else 0.0
+        n_vocab = int(self._tokenizable.sum())
+        n_present = int(np.unique(colmap[ok]).size)
+        m.report.update({"n_tokenizable": int(ok.sum()), "n_vocab_genes": n_vocab, "n_vocab_present": n_present,
+                         "vocab_fraction": n_present / n_vocab if n_vocab else 0.0})
+        if check_coverage and (n_present == 0 or frac < min_gene_fraction):
+            what = ("None of the" if n_present == 0 else
+                    f"Only {frac:.1%} (threshold min_gene_fraction={min_gene_fraction:.0%}) of the")
             raise VocabularyCoverageError(
-                f"Only {frac:.1%} of the {len(names):,} genes can be tokenized (threshold {min_gene_fraction:.0%}; "
-                f"detected {m.report['id_type']} identifiers from {m.report['species']}). Fix: pass gene_key=/"
-                "id_type=/species= so the names map onto the vocabulary, or lower min_gene_fraction / pass "
-                "check_coverage=False to proceed.")
+                f"{what} {len(names):,} genes of the input map onto this tokenizer's {n_vocab:,} genes. "
+                + self._coverage_diagnosis(adata, names, m.report, gene_key=gene_key, id_type=id_type,
+                                           species=species, gene_table=gene_table, ortholog_table=ortholog_table))
         return colmap, m.report
+
+    def _n_present(self, names, **kw) -> int:
+        """How many of the tokenizer's genes ``names`` map onto (0 if they cannot be mapped that way)."""
+        try:
+            ids = self.vocab.map_genes(names, **kw).ids
+        except (ValueError, KeyError, FileNotFoundError):
+            return 0
+        ids = ids[ids >= 0]
+        return int(np.unique(ids[self._tokenizable[ids]]).size)
+
+    def _coverage_diagnosis(self, adata, names, report, *, gene_key, id_type, species, gene_table,
+                            ortholog_table) -> str:
+        """What was detected, and a fix that changes the outcome: another ``var`` column or species
+        only when it is tried here and maps clearly more genes, else a tokenizer for these genes."""
+        n_now = int(report.get("n_vocab_present", 0))
+        tables = {"gene_table": gene_table, "ortholog_table": ortholog_table}
+        unmapped = [n for n, i in zip(names, self.vocab.map_genes(names, id_type=id_type, species=species,
+                                                                   **tables).ids) if i < 0][:5]
+        text = (f"Detected {report['id_type']} identifiers from {report['species']} in "
+                f"{'var_names' if gene_key is None else f'var[{gene_key!r}]'}; not in the vocabulary, e.g. "
+                f"{unmapped}; the vocabulary's genes look like {self.vocab.genes[:3]}. ")
+        tries = []
+        var = getattr(adata, "var", None)
+        if var is not None:
+            if gene_key is not None:
+                tries.append(("gene_key=None (var_names)", list(map(str, adata.var_names)), {}))
+            for c in list(var.columns)[:20]:
+                if c != gene_key and (var[c].dtype == object or str(var[c].dtype) in ("category", "string")):
+                    tries.append((f"gene_key={c!r}", list(var[c].astype(str)), {}))
+        other = {"human": "mouse", "mouse": "human"}.get(report["species"])
+        if other and report["id_type"] == "symbol":
+            tries.append((f"species={other!r}", names, {"species": other}))
+        best, best_n = None, n_now
+        for label, cand, kw in tries:
+            n = self._n_present(cand, id_type=kw.get("id_type", "auto"), species=kw.get("species", "auto"),
+                                **tables)
+            if n > best_n:
+                best, best_n = label, n
+        if best is not None and best_n >= max(2 * n_now, 10):
+            return (text + f"Fix: pass {best}: it maps {best_n:,} of the tokenizer's genes (against {n_now:,} "
+                    "now).")
+        return (text + "No other var column or species maps clearly more of them, so these genes are not "
+                "what this tokenizer was built for. Fix: use a tokenizer whose vocabulary and medians come "
+                "from these genes (tflib.tokenize.GeneVocab.from_genes(adata.var_names) and "
+                "tflib.tokenize.gene_medians(adata, vocab=vocab), chapter 04), or pass check_coverage=False to "
+                "tokenize the few covered genes anyway.")
 
     # -- encoding -------------------------------------------------------------------------------
     def _iter_encoded(self, adata, *, layer, gene_key, id_type, species, input, chunk_size,
@@ -89,29 +151,65 @@ class _Tokenizer:
         state = self._start_state()
         total = new_report()
         total["mapping"] = mapping
-        total["counts_total"], total["counts_covered"] = 0.0, 0.0
+        total["counts_total"], total["counts_covered"], total["n_cells_zero_counts"] = 0.0, 0.0, 0
         dup = bool(np.unique(colmap[colmap >= 0]).size < (colmap >= 0).sum())
         for start, stop, chunk in iter_csr_chunks(adata, layer, chunk_size):
             data_min = validate_values(chunk.data, input, where=f" (cells {start}-{stop})")
             part, rep = self._encode_chunk(chunk, data_min, colmap, dup, state, input)
             part.obs_index = part.obs_index + start
-            covered = rep.pop("counts_covered")
-            all_counts = covered if rep.pop("all_kept") else float(chunk.data.sum(dtype=np.float64))
-            if check_coverage and start == 0 and all_counts > 0 and covered / all_counts < min_count_fraction:
-                raise VocabularyCoverageError(
-                    f"The tokenizable genes hold only {covered / all_counts:.1%} of the counts of the first "
-                    f"{stop:,} cells (threshold {min_count_fraction:.0%}). Fix: check gene_key/species, or lower "
-                    "min_count_fraction / pass check_coverage=False to proceed.")
-            total["counts_total"] += all_counts
-            total["counts_covered"] += covered
+            total["counts_total"] += rep.pop("counts_total")
+            total["counts_covered"] += rep.pop("counts_covered")
+            total["n_cells_zero_counts"] += zero_count_rows(chunk, data_min)
             merge_report(total, rep)
             yield start, stop, part, total
         total["count_fraction_covered"] = (total["counts_covered"] / total["counts_total"]
                                            if total["counts_total"] else 0.0)
+        self._check_result(adata, total, layer=layer, gene_key=gene_key, id_type=id_type, species=species,
+                           check_coverage=check_coverage, min_count_fraction=min_count_fraction,
+                           gene_table=gene_table, ortholog_table=ortholog_table)
+
+    def _check_result(self, adata, total, *, layer, gene_key, id_type, species, check_coverage,
+                      min_count_fraction, gene_table, ortholog_table) -> None:
+        """After the last chunk, i.e. on every cell: refuse an input that gave no tokens at all or
+        whose vocabulary genes hold too few of the counts; warn about cells left out as empty."""
+        n_in, n_out, n_zero = total["n_cells_in"], total["n_cells_out"], total["n_cells_zero_counts"]
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        if n_in and n_zero == n_in:
+            raise TokenizerInputError(
+                f"{where} has no counts at all: all {n_in:,} cells sum to 0, so there is nothing to tokenize. "
+                "Fix: pass the layer that holds the raw counts (e.g. layer='counts'; see adata.layers) or reload "
+                "the data.")
+        m = total["mapping"]
+        frac = total["count_fraction_covered"]
+        if n_in and (n_out == 0 or (check_coverage and frac < min_count_fraction)):
+            rule = "" if n_out == 0 else f" (threshold min_count_fraction={min_count_fraction:.0%})"
+            head = (f"No cell has counts in this tokenizer's genes" if n_out == 0 else
+                    f"This tokenizer's genes hold only {frac:.1%} of the counts{rule}")
+            raise VocabularyCoverageError(
+                f"{head}: coverage is measured on counts, over all {n_in:,} cells; "
+                f"{m['n_vocab_present']:,} of its {m['n_vocab_genes']:,} genes occur in the input. "
+                + self._coverage_diagnosis(adata, list(adata.var_names if gene_key is None else
+                                                       adata.var[gene_key].astype(str)), m,
+                                           gene_key=gene_key, id_type=id_type, species=species,
+                                           gene_table=gene_table, ortholog_table=ortholog_table))
+        n_empty = n_in - n_out
+        if n_empty:
+            rest = n_empty - n_zero
+            def has(n):
+                return f"{n:,} {'has' if n == 1 else 'have'}"
+            detail = (f"{'it has' if n_empty == 1 else 'all have'} no counts at all" if not rest else
+                      f"{has(n_zero)} no counts at all, {has(rest)} counts only in genes outside the vocabulary")
+            warnings.warn(
+                f"{n_empty:,} of {n_in:,} cells {'has' if n_empty == 1 else 'have'} no counts in vocabulary genes "
+                "and give empty sequences "
+                f"({detail}); they are left out of the result, whose obs_index lists the input row of each "
+                f"kept cell (report['n_cells_skipped_empty']). Fix: drop them first "
+                f"({ZERO_CELLS_FIX} for cells without counts), or ignore this if leaving them out is intended.",
+                EmptyCellsWarning, stacklevel=4)
 
     def encode(self, adata, *, layer: str | None = None, gene_key: str | None = None, id_type: str = "auto",
                species: str = "auto", input: str = "counts", chunk_size: int = 1024,
-               check_coverage: bool = True, min_gene_fraction: float = 0.25, min_count_fraction: float = 0.5,
+               check_coverage: bool = True, min_gene_fraction: float = 0.0, min_count_fraction: float = 0.5,
                obs_keys=None, gene_table=None, ortholog_table=None) -> TokenizedCells:
         """Token ids of every cell (a ragged :class:`TokenizedCells`, indexable by cell).
 
@@ -131,14 +229,25 @@ class _Tokenizer:
             so it cannot change a cell's tokens (rank) or bins (per-cell quantiles).
         chunk_size
             Cells per vectorised chunk; bounds peak memory.
-        check_coverage, min_gene_fraction, min_count_fraction
-            Raise :class:`~tflib.tokenize.VocabularyCoverageError` when too few genes or counts are
-            tokenizable; lower the thresholds or pass ``check_coverage=False`` to override.
+        check_coverage, min_count_fraction, min_gene_fraction
+            Coverage is measured on **counts**: the fraction of all counts (every cell, checked
+            after the last chunk) that fall in genes this tokenizer can emit, since those are the
+            words a cell's sequence is made of. Below ``min_count_fraction`` (default 50 %), or
+            when no input gene maps onto the vocabulary at all, a
+            :class:`~tflib.tokenize.VocabularyCoverageError` names what was detected and a fix
+            that was checked to help. The fraction of the *input's* genes is not a good measure
+            (a full transcriptome against a 2,000-gene vocabulary covers ~13 % of its genes but
+            most of its counts), so ``min_gene_fraction`` is off (0) unless you ask for it.
+            ``check_coverage=False`` skips both checks. ``report["count_fraction_covered"]`` and
+            ``report["mapping"]["vocab_fraction"]`` (share of the vocabulary present) record them.
         obs_keys
             obs columns to carry along into ``result.obs`` (default: all).
 
-        Cells with no counts in the tokenizable genes are skipped, counted in
-        ``report["n_cells_skipped_empty"]``; ``result.obs_index`` maps results to input rows.
+        Cells with no counts in the tokenizable genes are left out, with an
+        :class:`~tflib.tokenize.EmptyCellsWarning` that counts them (``report["n_cells_skipped_empty"]``,
+        of which ``report["n_cells_zero_counts"]`` have no counts at all); ``result.obs_index`` maps
+        results to input rows. An input in which every cell sums to 0 raises
+        :class:`~tflib.tokenize.TokenizerInputError` with the fix.
         """
         adata = open_source(adata)
         parts, total = [], new_report()
@@ -156,7 +265,7 @@ class _Tokenizer:
     def encode_to_store(self, source, path, *, overwrite: bool = False, layer: str | None = None,
                         gene_key: str | None = None, id_type: str = "auto", species: str = "auto",
                         input: str = "counts", chunk_size: int = 256,
-                        check_coverage: bool = True, min_gene_fraction: float = 0.25,
+                        check_coverage: bool = True, min_gene_fraction: float = 0.0,
                         min_count_fraction: float = 0.5, obs_keys=None, gene_table=None, ortholog_table=None):
         """Stream ``source`` (an ``.h5ad`` path is opened backed) into an on-disk token store.
 

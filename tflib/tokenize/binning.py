@@ -85,7 +85,7 @@ class BinningTokenizer(_Tokenizer):
 
     def _encode_chunk(self, chunk, data_min, colmap, dup, state, input):
         indptr, tok, data = project(chunk, colmap, data_min)
-        all_kept = data.size == chunk.data.size
+        total = float(chunk.data.sum(dtype=np.float64)) if data.size != chunk.data.size else None
         covered = float(data.sum(dtype=np.float64))
         if dup:
             indptr, tok, data = collapse_duplicates(indptr, tok, data, len(self.vocab))
@@ -105,7 +105,7 @@ class BinningTokenizer(_Tokenizer):
         part, rep = assemble(tok.astype(np.int32), indptr, self.max_genes, True, False, self.vocab.cls_id, None,
                              values=bins.astype(np.int16))
         rep["n_cells_truncated"] = n_long
-        rep["counts_covered"], rep["all_kept"] = covered, all_kept
+        rep["counts_covered"], rep["counts_total"] = covered, covered if total is None else total
         return part, rep
 
 

@@ -143,30 +143,27 @@ class RankValueTokenizer(_Tokenizer):
         return {}
 
     def _encode_chunk(self, chunk, data_min, colmap, dup, state, input):
-        cols = state.get("columns")
-        if cols is None:
-            cols = state["columns"] = ColumnKeys(colmap, self._median_by_id, dup)
-        if cols.direct and data_min is not None and data_min > 0 and len(self.vocab) <= 1 << TOKEN_BITS:
-            # usual case: every entry is kept, keys straight from the column tables
-            covered = float(chunk.data.sum(dtype=np.float64))
-            indptr = chunk.indptr
-            part, rep = sorted_framed(cols.keys(chunk.indices, chunk.data), indptr, self.max_genes,
-                                      self.add_cls, self.add_eos, self.vocab.cls_id, self.vocab.eos_id,
-                                      as_float=data_min / cols.median_max >= _SMALLEST_NORMAL,
-                                      scratch=state)
-            rep["counts_covered"], rep["all_kept"] = covered, True
-            return part, rep
-        else:
+        total = float(chunk.data.sum(dtype=np.float64))
+        if len(self.vocab) <= 1 << TOKEN_BITS:
+            # one pass for every input: keys from the per-column tables, entries of genes outside
+            # the vocabulary (and explicit zeros) turned into padding, duplicated genes summed
+            cols = state.get("columns")
+            if cols is None:
+                cols = state["columns"] = ColumnKeys(colmap, self._median_by_id, dup)
+            key, n_valid, covered, as_float = cols.chunk_keys(chunk, data_min)
+            part, rep = sorted_framed(key, chunk.indptr, self.max_genes, self.add_cls, self.add_eos,
+                                      self.vocab.cls_id, self.vocab.eos_id, as_float=as_float,
+                                      scratch=state, n_valid=n_valid)
+        else:  # ids need more than 20 bits: project, then a three-key sort (same rule, slower)
             indptr, tok, data = project(chunk, colmap, data_min)
-            all_kept = data.size == chunk.data.size
             covered = float(data.sum(dtype=np.float64))
             if dup:
                 indptr, tok, data = collapse_duplicates(indptr, tok, data, len(self.vocab))
             value = data.astype(np.float64) / self._median_by_id[tok]
             tok_sorted = rank_order(indptr, tok, value, len(self.vocab))
-        part, rep = assemble(tok_sorted, indptr, self.max_genes, self.add_cls, self.add_eos,
-                             self.vocab.cls_id, self.vocab.eos_id)
-        rep["counts_covered"], rep["all_kept"] = covered, all_kept
+            part, rep = assemble(tok_sorted, indptr, self.max_genes, self.add_cls, self.add_eos,
+                                 self.vocab.cls_id, self.vocab.eos_id)
+        rep["counts_covered"], rep["counts_total"] = covered, total
         return part, rep
 
 
@@ -175,6 +172,8 @@ TOKEN_BITS = 20  # token ids live in the low 20 bits of a key (vocabularies up t
 _LOW = np.int64((1 << TOKEN_BITS) - 1)
 _INVERT = np.int64(((1 << VALUE_BITS) - 1) << TOKEN_BITS)  # flips the 43 value bits
 _SMALLEST_NORMAL = np.finfo(np.float64).tiny
+_PAD_FLOAT = np.float64(np.inf).view(np.int64)  # padding keys: sort after every real key, as float64
+_PAD_INT = np.iinfo(np.int64).max               # ... or as int64
 
 
 def value_key(value: np.ndarray) -> np.ndarray:
@@ -186,24 +185,37 @@ def value_key(value: np.ndarray) -> np.ndarray:
 class ColumnKeys:
     """Per-column tables of one ``encode`` call: the median and the key bits of every input column.
 
-    ``direct`` is true when every column is a distinct tokenizable gene, so that a chunk's keys
-    can be computed from its CSR column indices alone (no projection onto the vocabulary).
+    Built once per call from ``colmap`` (token id of each column, ``-1`` = not tokenized). Columns
+    outside the vocabulary (or without a median) get median 1 and are marked ``oov``; columns that
+    map to a token shared with another column (duplicated IDs, one-to-many orthologs) are marked
+    ``shared``. :meth:`chunk_keys` uses the marks to drop and to sum entries without projecting the
+    chunk onto the vocabulary. ``direct`` is true when there is nothing to drop or sum.
     """
 
-    def __init__(self, colmap: np.ndarray, median_by_id: np.ndarray, dup: bool):
+    def __init__(self, colmap: np.ndarray, median_by_id: np.ndarray, dup: bool = True):
+        colmap = np.asarray(colmap, dtype=np.int64)
         ok = colmap >= 0
         self.n_cols = colmap.size
-        self.direct = bool(ok.all()) and not dup and colmap.size > 0
-        self.median = median_by_id[np.where(ok, colmap, 0)].astype(np.float64)        # (n_cols,) float64
-        self.median_max = float(self.median.max()) if self.median.size else 1.0
-        self.bits = _INVERT | colmap.astype(np.int64)                                  # (n_cols,) int64
+        self.colmap = colmap
+        self.oov = ~ok                                                                   # (n_cols,) bool
+        self.any_oov = bool(self.oov.any())
+        tok_ok = colmap[ok]
+        uniq, counts = np.unique(tok_ok, return_counts=True)
+        self.shared = ok & np.isin(colmap, uniq[counts > 1])                             # (n_cols,) bool
+        self.any_shared = bool(self.shared.any())
+        self.direct = not self.any_oov and not self.any_shared and colmap.size > 0
+        self.median = np.ones(colmap.size, dtype=np.float64)                             # (n_cols,) float64
+        self.median[ok] = median_by_id[tok_ok]
+        self.median_max = float(self.median[ok].max()) if ok.any() else 1.0
+        self.bits = _INVERT | np.where(ok, colmap, 0)                                    # (n_cols,) int64
         self._scratch = np.empty((2, 0), dtype=np.int64)
 
     def keys(self, indices: np.ndarray, data: np.ndarray) -> np.ndarray:
         """Keys (int64, ``(nnz,)``) of the entries at columns ``indices`` with values ``data``.
 
         The result is a view of a scratch buffer that the next call overwrites (reusing it
-        saves the page faults of two fresh arrays per chunk).
+        saves the page faults of two fresh arrays per chunk). Entries of ``oov`` columns get
+        meaningless keys here; :meth:`chunk_keys` overwrites them.
         """
         n = indices.size
         if n and (indices.min() < 0 or indices.max() >= self.n_cols):
@@ -218,6 +230,68 @@ class ColumnKeys:
         np.take(self.bits, indices, out=bits, mode="wrap")         # (nnz,) int64: inverted bits + token id
         key ^= bits
         return key
+
+    def chunk_keys(self, chunk, data_min):
+        """Keys of a CSR chunk, ready for :func:`sorted_framed`: ``(key, n_valid, covered, as_float)``.
+
+        Every entry keeps its slot in the chunk's CSR layout. The entries that give no token, i.e.
+        those of ``oov`` columns, explicit zeros, and all but one entry of each (cell, shared
+        token) group, get the padding key, which sorts after every real key; ``n_valid`` (per
+        row) counts the others. The one kept entry of a shared-token group carries the key of the
+        group's summed value (summed in float64 in column order, as the reference does).
+        ``covered`` is the sum of the counts of vocabulary genes; ``as_float`` says whether the
+        keys may be sorted through a float64 view (no subnormal value among the kept entries).
+        """
+        indices, data, indptr = chunk.indices, chunk.data, chunk.indptr
+        key = self.keys(indices, data)
+        n_rows = indptr.size - 1
+        drop = []
+        covered = None
+        if self.any_oov:
+            oov_pos = np.flatnonzero(self.oov[indices])            # (n_oov,) usually a few % of nnz
+            covered = float(data.sum(dtype=np.float64)) - float(data[oov_pos].sum(dtype=np.float64))
+            drop.append(oov_pos)
+        has_zero = data_min is not None and data_min <= 0
+        if self.any_shared:
+            pos = np.flatnonzero(self.shared[indices])              # entries of shared-token columns
+            if pos.size:
+                row = np.searchsorted(indptr, pos, side="right") - 1
+                group = row * np.int64(self.colmap.max() + 1) + self.colmap[indices[pos]]
+                # sort by group, stably, so each group's entries stay in column order
+                order = np.argsort(group, kind="stable")
+                pos, group = pos[order], group[order]
+                first = np.r_[True, group[1:] != group[:-1]]
+                gid = np.cumsum(first) - 1
+                sums = np.zeros(int(first.sum()), dtype=np.float64)
+                np.add.at(sums, gid, data[pos].astype(np.float64))
+                head = pos[first]                                   # one kept entry per group
+                col = indices[head]
+                value = sums / self.median[col]
+                key[head] = (value.view(np.int64) & ~_LOW) ^ self.bits[col]
+                keep = np.zeros(pos.size, dtype=bool)
+                keep[np.flatnonzero(first)[sums > 0]] = True
+                drop.append(pos[~keep])
+                if has_zero:  # zeros outside shared columns (shared ones are handled by their sum)
+                    drop.append(np.flatnonzero((data <= 0) & ~self.shared[indices] & ~self.oov[indices]))
+            elif has_zero:
+                drop.append(np.flatnonzero((data <= 0) & ~self.oov[indices]))
+        elif has_zero:
+            drop.append(np.flatnonzero((data <= 0) & ~self.oov[indices]) if self.any_oov
+                        else np.flatnonzero(data <= 0))
+        if covered is None:
+            covered = float(data.sum(dtype=np.float64))
+        drop = np.concatenate(drop) if drop else np.zeros(0, dtype=np.int64)
+        n_valid = np.diff(indptr).astype(np.int64)
+        if drop.size:
+            n_valid -= np.bincount(np.searchsorted(indptr, drop, side="right") - 1, minlength=n_rows)
+        if data_min is None or not n_valid.any():
+            as_float = True
+        else:
+            smallest = data_min if data_min > 0 else float(data[data > 0].min())
+            as_float = smallest / self.median_max >= _SMALLEST_NORMAL
+        if drop.size:
+            key[drop] = _PAD_FLOAT if as_float else _PAD_INT
+        return key, n_valid, covered, bool(as_float)
 
 
 def rank_order(indptr: np.ndarray, tok: np.ndarray, value: np.ndarray, n_tokens: int) -> np.ndarray:
@@ -263,7 +337,8 @@ def sorted_tokens(key: np.ndarray, indptr: np.ndarray, as_float: bool = False,
 
 
 def sorted_framed(key: np.ndarray, indptr: np.ndarray, max_genes: int, add_cls: bool, add_eos: bool,
-                  cls_id, eos_id, as_float: bool = False, scratch: dict | None = None):
+                  cls_id, eos_id, as_float: bool = False, scratch: dict | None = None,
+                  n_valid: np.ndarray | None = None):
     """:func:`sorted_tokens` followed by :func:`assemble`, fused: returns ``(TokenizedCells, report)``.
 
     The padded table gets one spare column per special token: row ``i`` holds ``<cls>``, then
@@ -271,10 +346,15 @@ def sorted_framed(key: np.ndarray, indptr: np.ndarray, max_genes: int, add_cls: 
     written right after its first ``min(nnz, max_genes)`` sorted keys. One boolean gather of
     the low 32 bits then yields the framed output directly, with no intermediate flat array of
     all ``nnz`` sorted ids and no decoding of the ids past ``max_genes``.
+
+    ``n_valid`` (per row, default: every entry) counts the entries whose key is not the padding
+    key: a row's other entries sort after them and are never read (see
+    :meth:`ColumnKeys.chunk_keys`, which drops genes outside the vocabulary that way).
     """
     nnz_row = np.diff(indptr)                                                   # (n_rows,)
-    take = np.minimum(nnz_row, max_genes)
-    nonempty = nnz_row > 0
+    n_valid = nnz_row if n_valid is None else n_valid
+    take = np.minimum(n_valid, max_genes)
+    nonempty = n_valid > 0
     c0 = int(bool(add_cls))
     n_special = c0 + int(bool(add_eos))
     length = np.where(nonempty, take + n_special, 0)                            # (n_rows,) framed lengths
@@ -303,7 +383,7 @@ def sorted_framed(key: np.ndarray, indptr: np.ndarray, max_genes: int, add_cls: 
     offsets = np.zeros(int(nonempty.sum()) + 1, dtype=np.int64)
     np.cumsum(length[nonempty], out=offsets[1:])
     report = {"n_cells_in": int(nnz_row.size), "n_cells_out": int(nonempty.sum()),
-              "n_cells_skipped_empty": int((~nonempty).sum()), "n_cells_truncated": int((nnz_row > max_genes).sum()),
+              "n_cells_skipped_empty": int((~nonempty).sum()), "n_cells_truncated": int((n_valid > max_genes).sum()),
               "n_tokens": int(out.size)}
     return TokenizedCells(out, offsets, np.flatnonzero(nonempty).astype(np.int64)), report
 
