@@ -124,3 +124,50 @@ def test_v1_dictionary_with_v2_preset_is_an_error(tmp_path):
     a = ad.AnnData(sp.csr_matrix(np.array([[1, 2, 3, 0, 5]], dtype=np.float32)))
     a.var_names = [ensembl(i) for i in range(5)]
     assert tok.encode(a)[0].tolist() == [6, 4, 3, 2]
+
+
+def test_geneformer_module_is_a_thin_layer_above_vocab_and_medians(tmp_path):
+    """Issue 10 §5: vocab.py and medians.py never import geneformer.py (one direction only)."""
+    import ast
+    from pathlib import Path
+
+    from tflib.tokenize import geneformer
+
+    pkg = Path(geneformer.__file__).parent
+
+    def imported(name):
+        tree = ast.parse((pkg / f"{name}.py").read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+    for low in ("vocab", "medians", "genes", "_pickles"):
+        assert not {m for m in imported(low) if m.endswith("geneformer")}, f"{low}.py imports geneformer"
+    assert {"vocab", "medians"} <= imported("geneformer")
+    assert "vocab" not in imported("genes") and "medians" not in imported("vocab")
+    v = GeneVocab.from_genes([ensembl(i) for i in range(4)])
+    path = geneformer.write_token_dictionary(v, tmp_path / "t.pkl")
+    assert geneformer.read_token_dictionary(path, allow_pickle=True) == v
+    assert geneformer.PickleNotAllowedError is PickleNotAllowedError
+
+
+def test_special_token_ids_one_rule_for_tokenizer_or_model():
+    from types import SimpleNamespace
+
+    from tflib.tokenize import special_token_ids
+
+    v2 = GeneVocab.from_genes(["ACTB", "GAPDH"])
+    v1 = GeneVocab(["<pad>", "<mask>", "ACTB"], special_tokens=("<pad>", "<mask>"))
+    tok2, tok1 = SimpleNamespace(vocab=v2), SimpleNamespace(vocab=v1)
+    model = SimpleNamespace(config=SimpleNamespace(pad_token_id=7), tokenizer=tok1)
+    assert special_token_ids(tok2) == [0, 1, 2, 3]
+    assert special_token_ids(tok2, model) == [0, 1, 2, 3]        # the tokenizer passed wins
+    assert special_token_ids(None, model) == [0, 1]               # else the model's own tokenizer
+    assert special_token_ids(None, SimpleNamespace(config=SimpleNamespace(pad_token_id=7))) == [7]
+    with pytest.raises(ValueError, match="tokenizer="):
+        special_token_ids(None)
+
+
+def test_old_import_paths_of_the_gene_tables_still_work():
+    from tflib.tokenize import genes, vocab
+
+    assert vocab.load_ortholog_table is genes.load_ortholog_table
+    assert vocab.mouse_to_human is genes.mouse_to_human and vocab.strip_version is genes.strip_version

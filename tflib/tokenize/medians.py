@@ -30,6 +30,7 @@ from tflib.utils import write_json
 
 from ._core import (cell_totals, check_totals, collapse_duplicates, iter_csr_chunks, open_source, project, row_ids,
                     validate_values)
+from ._pickles import read_dict_pickle, write_dict_pickle
 
 _FORMAT = "tflib.GeneMedians"
 SKETCH_RANGE = (1e-3, 1e5)
@@ -123,15 +124,12 @@ class GeneMedians:
     @classmethod
     def from_geneformer(cls, path, *, allow_pickle: bool = False) -> "GeneMedians":
         """Import a Geneformer ``gene_median_dictionary*.pkl`` (needs ``allow_pickle=True``)."""
-        from .geneformer import read_median_dictionary
-
-        return read_median_dictionary(path, allow_pickle=allow_pickle)
+        d = read_dict_pickle(path, allow_pickle, "a Geneformer gene-median dictionary")
+        return cls([str(k) for k in d], [float(v) for v in d.values()], method="geneformer")
 
     def to_geneformer(self, path, overwrite: bool = False) -> Path:
         """Export as a Geneformer-format ``{gene: median}`` pickle."""
-        from .geneformer import write_median_dictionary
-
-        return write_median_dictionary(self, path, overwrite=overwrite)
+        return write_dict_pickle(self.as_dict(), path, overwrite)
 
 
 def gene_medians(adata_or_path, *, vocab=None, layer: str | None = None, method: str = "auto",

@@ -1,4 +1,4 @@
-"""Gene vocabularies: special tokens, gene identity (Ensembl ID or symbol) and mouse -> human mapping.
+"""Gene vocabularies: which genes are words, and which integer each one gets (chapter 04).
 
 A cell becomes a "document" whose "words" are genes (chapter 04). The vocabulary fixes which
 genes exist as words and which integer each one gets. Conventions used throughout ``tflib``:
@@ -7,15 +7,18 @@ genes exist as words and which integer each one gets. Conventions used throughou
   ``<eos>`` = 3 (the Geneformer V2 layout). Genes follow from id 4 on. A vocabulary imported
   from a Geneformer V1 dictionary has only ``<pad>`` and ``<mask>``; its genes start at id 2.
 - A gene is identified by a human Ensembl ID (``ENSG...``, version suffix ignored) or by a human
-  symbol. Other identifiers are translated with the GENCODE v44 table (ID <-> symbol) and the
-  Ensembl 105 human <-> mouse ortholog table, both from :mod:`tflib.datasets`.
+  symbol. Other identifiers are translated by :mod:`tflib.tokenize.genes` (GENCODE v44 and the
+  Ensembl 105 human <-> mouse orthologs, both registered datasets of :mod:`tflib.datasets`).
+
+Imports point one way: this module uses :mod:`~tflib.tokenize.genes` and the pickle reader
+:mod:`~tflib.tokenize._pickles`; :mod:`~tflib.tokenize.geneformer` builds on this module, never
+the reverse.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,10 +28,16 @@ import pandas as pd
 
 from tflib.utils import write_json
 
+from ._pickles import read_dict_pickle, write_dict_pickle
+# Re-exported: these lived here before the gene tables got their own module.
+from .genes import (detect_id_type, detect_species, load_gencode_table, load_ortholog_table,  # noqa: F401
+                    mouse_to_human, strip_version)
+
 #: Default special tokens, in id order (``<pad>`` = 0, ``<mask>`` = 1, ``<cls>`` = 2, ``<eos>`` = 3).
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<mask>", "<cls>", "<eos>")
+#: The special tokens a Geneformer dictionary may hold (V1: the first two; V2: all four).
+GENEFORMER_SPECIALS: tuple[str, ...] = SPECIAL_TOKENS
 
-_ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?$")
 _VOCAB_FORMAT = "tflib.GeneVocab"
 
 
@@ -36,97 +45,30 @@ class VocabularyCoverageError(ValueError):
     """Raised when a vocabulary covers too little of a dataset (see :meth:`GeneVocab.coverage`)."""
 
 
-def strip_version(gene_id: str) -> str:
-    """``"ENSG00000141510.17"`` -> ``"ENSG00000141510"``; other names are returned unchanged."""
-    if gene_id.startswith("ENS") and "." in gene_id:
-        return gene_id.split(".", 1)[0]
-    return gene_id
+def special_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids of the special tokens (``<pad>``, ``<mask>``, ``<cls>``, ``<eos>``, as present).
 
+    The one place that decides which ids are "not a gene": cell embeddings (chapter 07's
+    :func:`tflib.tl.embed`, mean pooling) and fine-tuning (:func:`tflib.train.finetune`) both
+    leave these positions out.
 
-def detect_id_type(names: Iterable[str]) -> str:
-    """Return ``"ensembl"`` if most names look like Ensembl gene IDs, else ``"symbol"``."""
-    names = [str(n) for n in names]
-    if not names:
-        return "symbol"
-    n_ens = sum(bool(_ENSEMBL_RE.match(n)) for n in names)
-    return "ensembl" if n_ens >= 0.5 * len(names) else "symbol"
-
-
-def detect_species(names: Iterable[str]) -> str:
-    """Guess ``"human"`` or ``"mouse"`` from identifiers.
-
-    ``ENSMUSG`` IDs and mixed-case symbols (``Actb``, ``Neurog3``) mean mouse; upper-case symbols
-    (``ACTB``) and ``ENSG`` IDs mean human. Pass ``species=`` explicitly when in doubt.
+    Parameters
+    ----------
+    tokenizer
+        A tokenizer with a :class:`GeneVocab` as ``.vocab`` (or ``None``: then ``model.tokenizer``).
+    model
+        Optional; a model with ``.tokenizer`` and/or ``.config.pad_token_id``, used when no
+        vocabulary is at hand (only the padding id is known then).
     """
-    names = [str(n) for n in names]
-    if not names:
-        return "human"
-    if sum(n.startswith("ENSMUSG") for n in names) >= 0.5 * len(names):
-        return "mouse"
-    mixed = sum(n[:1].isupper() and any(c.islower() for c in n[1:]) for n in names)
-    return "mouse" if mixed >= 0.5 * len(names) else "human"
-
-
-# ----------------------------------------------------------------------------------------------
-# The GENCODE and ortholog tables
-# ----------------------------------------------------------------------------------------------
-def _table_path(name: str, given) -> Path:
-    if given is not None and not isinstance(given, pd.DataFrame):
-        return Path(given)
-    from tflib.datasets import fetch  # the registry verifies the SHA-256
-
-    return Path(fetch(name))
-
-
-def load_gencode_table(path: str | os.PathLike | pd.DataFrame | None = None) -> pd.DataFrame:
-    """Human Ensembl gene ID -> symbol (GENCODE v44, 62,754 rows), as columns ``gene_id, symbol``.
-
-    ``path=None`` fetches ``"gencode_v44_id2name"`` through :func:`tflib.datasets.fetch`.
-    """
-    if isinstance(path, pd.DataFrame):
-        return path
-    df = pd.read_csv(_table_path("gencode_v44_id2name", path), header=None, names=["gene_id", "symbol"],
-                     dtype=str, keep_default_na=False)
-    df["gene_id"] = [strip_version(g) for g in df["gene_id"]]
-    return df
-
-
-def load_ortholog_table(path: str | os.PathLike | pd.DataFrame | None = None) -> pd.DataFrame:
-    """Human symbol -> mouse symbol pairs (Ensembl 105), columns ``human, mouse``; empty pairs dropped.
-
-    ``path=None`` fetches ``"human2mouse_orthologs"`` through :func:`tflib.datasets.fetch`.
-    """
-    if isinstance(path, pd.DataFrame):
-        return path
-    df = pd.read_csv(_table_path("human2mouse_orthologs", path), header=None, names=["human", "mouse"],
-                     dtype=str, keep_default_na=False)
-    return df[(df["human"] != "") & (df["mouse"] != "")].reset_index(drop=True)
-
-
-def mouse_to_human(mouse_symbols: Sequence[str], orthologs=None) -> tuple[list[str | None], dict]:
-    """Map mouse symbols to human symbols with the ortholog table.
-
-    Rule for one-to-many orthologs (documented and deterministic): prefer the human symbol equal to
-    the upper-cased mouse symbol; otherwise take the first candidate in table order.
-    Returns ``(human_or_None per input, report)``.
-    """
-    table = load_ortholog_table(orthologs)
-    candidates: dict[str, list[str]] = {}
-    for h, m in zip(table["human"], table["mouse"]):
-        candidates.setdefault(m, []).append(h)
-    out: list[str | None] = []
-    n_multi = 0
-    for m in mouse_symbols:
-        cands = candidates.get(str(m))
-        if not cands:
-            out.append(None)
-            continue
-        if len(cands) > 1:
-            n_multi += 1
-        up = str(m).upper()
-        out.append(up if up in cands else cands[0])
-    report = {"n_input": len(out), "n_mapped": sum(o is not None for o in out), "n_one_to_many": n_multi}
-    return out, report
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    vocab = getattr(tok, "vocab", None)
+    if vocab is not None and hasattr(vocab, "special_tokens"):
+        return [vocab.token_to_id(t) for t in vocab.special_tokens]
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "pad_token_id", None) is not None:
+        return [int(config.pad_token_id)]
+    raise ValueError("special_token_ids needs a tokenizer with a .vocab, or a model whose config has "
+                     "pad_token_id; pass tokenizer= (the one the model was trained with).")
 
 
 @dataclass
@@ -312,19 +254,32 @@ class GeneVocab:
                              f"({v.fingerprint}); the file was edited or is corrupt.")
         return v
 
-    # -- Geneformer dictionaries (pickles; see tflib.tokenize.geneformer) -----------------------
+    # -- Geneformer dictionaries (pickles; tflib.tokenize.geneformer is the public face) ---------
     @classmethod
     def from_geneformer(cls, path, *, allow_pickle: bool = False) -> "GeneVocab":
-        """Import a Geneformer ``token_dictionary*.pkl`` (needs ``allow_pickle=True``)."""
-        from .geneformer import read_token_dictionary
+        """Import a Geneformer ``token_dictionary*.pkl`` (needs ``allow_pickle=True``); ids are kept exactly."""
+        return cls.from_token_dict(read_dict_pickle(path, allow_pickle, "a Geneformer token dictionary"),
+                                   where=str(path))
 
-        return read_token_dictionary(path, allow_pickle=allow_pickle)
+    @classmethod
+    def from_token_dict(cls, d: dict, *, where: str = "the dictionary") -> "GeneVocab":
+        """A vocabulary from a ``{token: id}`` dict whose ids are exactly ``0..n-1``, specials first."""
+        ids = np.array([int(v) for v in d.values()], dtype=np.int64)
+        if ids.size == 0 or ids.min() != 0 or ids.max() != ids.size - 1 or np.unique(ids).size != ids.size:
+            raise ValueError(f"{where}: token ids must be exactly 0..{len(d) - 1} without gaps or repeats.")
+        tokens = [None] * len(d)
+        for k, v in d.items():
+            tokens[int(v)] = str(k)
+        specials = [t for t in tokens if t in GENEFORMER_SPECIALS]
+        head = tokens[:len(specials)]
+        if sorted(head) != sorted(specials):
+            raise ValueError(f"{where}: special tokens {specials} are not the first ids ({head}); "
+                             "tflib expects them first.")
+        return cls(tokens, special_tokens=head, id_type="ensembl")
 
     def to_geneformer(self, path, overwrite: bool = False) -> Path:
         """Export as a Geneformer-format ``{token: id}`` pickle."""
-        from .geneformer import write_token_dictionary
-
-        return write_token_dictionary(self, path, overwrite=overwrite)
+        return write_dict_pickle({t: i for i, t in enumerate(self._tokens)}, path, overwrite)
 
     # -- mapping a dataset's genes onto the vocabulary ------------------------------------------
     def map_genes(self, names: Sequence[str], *, id_type: str = "auto", species: str = "auto",
