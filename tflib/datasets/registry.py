@@ -1,8 +1,9 @@
 """The registry of the course's real datasets: name -> pinned source, checksum, licence, card.
 
 Every file listed in the offline mirror's ``MANIFEST.md`` has one :class:`DatasetEntry`
-here. The URL is pinned to a commit (GitHub "raw" links) or to an exact wheel on PyPI,
-so the bytes behind a name never change and the SHA-256 can be checked on every use.
+here. The URL is pinned to a commit (GitHub "raw" links; the gene-ID and ortholog tables too)
+or, for the two TF lists only, to an exact wheel on PyPI, so the bytes behind a name never
+change and the SHA-256 can be checked on every use.
 Chapter 01 introduces the registry; every chapter that loads real data goes through it.
 """
 from __future__ import annotations
@@ -61,11 +62,6 @@ def _gh(repo: str, commit: str, path: str) -> tuple[str, str]:
     return f"{_RAW}/{repo}/{commit}/{path}", f"{repo} @ {commit} : {path}"
 
 
-_CELLTYPIST_WHL = (
-    "https://files.pythonhosted.org/packages/92/6c/12f14d20ccd49bfe8709cebd1b77a244f019e44a8702d3962021b618812e/"
-    "celltypist-1.7.1-py3-none-any.whl"
-)
-_CELLTYPIST_WHL_SHA = "3953f96a4476ed1dd2807446d97d3945e8905bbdac6bfef0d20b84a9a00d1101"
 _MOSCOT_WHL = (
     "https://files.pythonhosted.org/packages/d8/98/f53007592a0dff7c7f2dc0163f56663bb2c2fbfec85b9b3c04ea234852e7/"
     "moscot-0.5.2-py3-none-any.whl"
@@ -151,25 +147,26 @@ def _entries() -> list[DatasetEntry]:
         meta={"tissue": "cell lines (K562; A172, T98G, U87MG)", "protocol": "Perturb-seq (10x) and sci-Plex-GxE",
               "batch_key": "dataset"},
     ))
+    # The gene tables come straight from CellTypist's repository at pinned commits (no wheel is
+    # downloaded for them): the same bytes as in the celltypist 1.7.1 wheel and the mirror.
     tables = [
-        ("gencode_v44_id2name", "GENCODEv44_Gene_id2name.csv", "celltypist/data/samples/GENCODEv44_Gene_id2name.csv",
+        ("gencode_v44_id2name", "GENCODEv44_Gene_id2name.csv", "3fb44c26a7c21f626b7c6f484d21ed99561bcf90",
          "0a8d9b07cf63f9ef70e65f3c7afc9d2092a7d9890281172df770003827912f53", "Homo sapiens",
          "62,754 human Ensembl gene IDs -> gene symbols (GENCODE v44), CSV without header.",
          "GENCODE v44 (Frankish A, et al. GENCODE: reference annotation for the human and mouse "
          "genomes in 2023. Nucleic Acids Res 51:D942-D949, 2023)."),
-        ("human2mouse_orthologs", "Ensembl105_Human2Mouse_Genes.csv",
-         "celltypist/data/samples/Ensembl105_Human2Mouse_Genes.csv",
+        ("human2mouse_orthologs", "Ensembl105_Human2Mouse_Genes.csv", "c7a01f07f324518f22a71e712c545756ab4cbc9d",
          "4a174c83cfa70aad7c470d8e453fda94d8fb5d70f8a2f0ae196d54c9e31369f1", "Homo sapiens / Mus musculus",
          "Human -> mouse gene-symbol orthologs from Ensembl 105 (about 24,857 non-empty pairs), CSV without header.",
          "Ensembl release 105 (Cunningham F, et al. Ensembl 2022. Nucleic Acids Res 50:D988-D995, 2022)."),
     ]
-    for name, fname, member, sha, org, desc, cite in tables:
+    for name, fname, commit, sha, org, desc, cite in tables:
+        url, src = _gh("Teichlab/celltypist", commit, f"celltypist/data/samples/{fname}")
         out.append(DatasetEntry(
-            name=name, file_name=fname, url=_CELLTYPIST_WHL, source=f"celltypist 1.7.1 wheel : {member}",
+            name=name, file_name=fname, url=url, source=src,
             sha256=sha, license="MIT", kind="table", reader="table", organism=org, description=desc,
             chapters=("04",), citation=cite,
-            packaged_by="CellTypist (Dominguez Conde C, et al. Science 376:eabl5197, 2022), PyPI celltypist 1.7.1",
-            wheel_member=member, wheel_sha256=_CELLTYPIST_WHL_SHA,
+            packaged_by="CellTypist (Dominguez Conde C, et al. Science 376:eabl5197, 2022), Teichlab/celltypist",
         ))
     tfs = [
         ("tfs_human", "allTFs_hg38.txt", "moscot/utils/_data/allTFs_hg38.txt",

