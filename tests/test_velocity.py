@@ -24,6 +24,9 @@ import scipy.sparse as sp  # noqa: E402
 
 import tflib  # noqa: E402
 from tflib.stats import row_pearson  # noqa: E402
+from tflib.validation import CountsError  # noqa: E402
+
+from _anndata_state import assert_unchanged, snapshot  # noqa: E402
 
 # Small but deep enough: at library_size=1 (the course default) 600 cells leave too few
 # velocity genes for a stable unit test; chapter 08 uses the course size instead.
@@ -129,7 +132,7 @@ def test_dynamical_mode_on_a_gene_subset():
     genes = list(b.var_names[b.var["velocity_genes"].to_numpy()][:3])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = tflib.tl.velocity(raw, "dynamical", genes=genes, copy=True, **VELO)
+        d = tflib.tl.velocity(raw, mode="dynamical", genes=genes, copy=True, **VELO)
     assert d.uns["tflib_velocity"]["mode"] == "dynamical"
     assert 1 <= d.uns["tflib_velocity"]["n_dynamical_fits"] <= 3
     assert np.isfinite(d[:, genes].layers["velocity"]).all()
@@ -159,3 +162,125 @@ def test_public_names_resolve_to_functions_after_submodule_imports():
     for f in (tflib.tl.velocity, tflib.tl.velocity_qc, tflib.tl.fates, tflib.tl.fate_drivers,
               tflib.pl.fate_donuts, tflib.pl.phase_portraits, tflib.pl.velocity_stream):
         assert inspect.isfunction(f), f
+
+
+# ------------------------------------------------------------------------------------------------
+# Input checked in full, a failure leaves the input untouched, empty cells reported (issue 10 §2)
+# ------------------------------------------------------------------------------------------------
+SMALL = dict(n_cells=360, n_genes=120, n_fates=2, n_batches=1, seed=1, library_size=3.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _small_raw():
+    a = tflib.datasets.simulate(**SMALL)
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    return a
+
+
+def _small():
+    return _small_raw().copy()
+
+
+def _forbid_pipeline(monkeypatch):
+    import scvelo as scv
+
+    def never(*args, **kwargs):
+        raise AssertionError("scVelo was reached: the input checks must come first")
+
+    monkeypatch.setattr(scv.pp, "filter_and_normalize", never)
+
+
+@pytest.mark.parametrize("layer,row,col,value,kind", [
+    ("spliced", 300, 4, np.nan, "NaN or infinite"),          # beyond the old 300-row sample
+    ("unspliced", -1, 7, np.nan, "NaN or infinite"),          # the last row
+    ("spliced", 17, -1, -1.0, "negative"),                    # the last column
+    ("unspliced", -1, -1, 0.5, "non-integer"),
+])
+def test_every_value_is_checked_before_scvelo_runs(monkeypatch, layer, row, col, value, kind):
+    _forbid_pipeline(monkeypatch)
+    a = _small()
+    M = np.asarray(a.layers[layer].toarray() if sp.issparse(a.layers[layer]) else a.layers[layer], dtype=np.float32)
+    M[row, col] = value
+    a.layers[layer] = sp.csr_matrix(M)
+    r, c = row % a.n_obs, col % a.n_vars
+    before = snapshot(a)
+    with pytest.raises(tflib.tl.VelocityInputError) as err:
+        tflib.tl.velocity(a, **VELO)
+    msg = str(err.value)
+    assert isinstance(err.value, CountsError)
+    assert msg.startswith(f"adata.layers[{layer!r}] does not hold raw integer counts")
+    assert f"1 {kind} value (first at cell {r} ('c{r}'), gene {c} ({a.var_names[c]!r}))" in msg
+    assert "layer='counts'" in msg
+    assert_unchanged(a, before)
+
+
+def test_check_counts_false_accepts_fractions_but_never_nan(monkeypatch):
+    _forbid_pipeline(monkeypatch)
+    a = _small()
+    a.layers["spliced"] = a.layers["spliced"] * 0.5
+    with pytest.raises(AssertionError, match="scVelo was reached"):     # fractions pass the check
+        tflib.tl.velocity(a, check_counts=False, **VELO)
+    M = a.layers["spliced"].toarray() if sp.issparse(a.layers["spliced"]) else a.layers["spliced"].copy()
+    M[-1, 0] = np.nan
+    a.layers["spliced"] = M
+    with pytest.raises(tflib.tl.VelocityCountsError, match="1 NaN or infinite value"):
+        tflib.tl.velocity(a, check_counts=False, **VELO)
+
+
+def test_a_late_failure_leaves_the_input_as_it_was(monkeypatch):
+    import scvelo as scv
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated failure in the velocity graph")
+
+    monkeypatch.setattr(scv.tl, "velocity_graph", boom)   # after filtering, normalising, moments
+    a = _small()
+    before = snapshot(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            tflib.tl.velocity(a, **VELO)
+    assert_unchanged(a, before)                            # no gene dropped, no layer normalised
+
+
+def test_in_place_writes_back_at_the_end_and_records_empty_cells():
+    a = _small()
+    n_genes = a.n_vars
+    for key in ("spliced", "unspliced"):                   # two cells without any count
+        M = a.layers[key].tolil() if sp.issparse(a.layers[key]) else a.layers[key]
+        M[[5, 200]] = 0
+        a.layers[key] = sp.csr_matrix(M)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        with pytest.warns(UserWarning, match=r"2 of 360 cells in adata.layers\['spliced'\] and \['unspliced'\] "
+                                             r"have zero counts \(first: cell 5 \('c5'\)\).*"
+                                             r"sc.pp.filter_cells\(adata, min_counts=1\)"):
+            out = tflib.tl.velocity(a, n_top_genes=60, **VELO)   # genes are subset in place
+    assert out is None
+    assert a.n_obs == 360                                  # reported, not dropped
+    assert a.n_vars == 60 < n_genes and {"Ms", "Mu", "velocity"} <= set(a.layers)
+    assert a.uns["tflib_velocity"]["n_zero_count_cells"] == 2
+    assert "velocity_graph" in a.uns and "X_pca" in a.obsm
+
+
+def test_empty_cells_can_be_refused_and_empty_layers_always_are(monkeypatch):
+    _forbid_pipeline(monkeypatch)
+    a = _small()
+    for key in ("spliced", "unspliced"):
+        M = a.layers[key].toarray() if sp.issparse(a.layers[key]) else a.layers[key].copy()
+        M[3] = 0
+        a.layers[key] = M
+    before = snapshot(a)
+    with pytest.raises(tflib.tl.VelocityCountsError, match=r"1 of 360 cells .*min_counts=1"):
+        tflib.tl.velocity(a, on_zero_cells="raise", **VELO)
+    assert_unchanged(a, before)
+    for key in ("spliced", "unspliced"):
+        a.layers[key] = np.zeros(a.shape, dtype=np.float32)
+    with pytest.raises(CountsError, match="no counts at all: all 360 cells sum to 0"):
+        tflib.tl.velocity(a, **VELO)
+
+
+def test_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        tflib.tl.velocity(_tiny_counts(), "dynamical")

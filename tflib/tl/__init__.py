@@ -8,6 +8,7 @@ _EXPORTS: dict[str, str] = {
     "velocity": "rna_velocity",  # not velocity.py: a submodule named like the function would shadow it
     "velocity_qc": "rna_velocity",
     "VelocityInputError": "rna_velocity",
+    "VelocityCountsError": "rna_velocity",
     "fates": "fate",
     "fate_probs_frame": "fate",
     "NoTerminalStateError": "fate",
