@@ -204,3 +204,22 @@ def test_writer_takes_obs_rows_at_close(tmp_path):
     s = TokenStore.open(tmp_path / "w.tokens")
     assert list(s.obs.index) == ["c0", "c3", "c4"] and list(s.obs["x"]) == [0, 30, 40]
     np.testing.assert_array_equal(s.obs_index, [0, 3, 4])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_row_blocks_partition_rows_and_isolate_long_cells(seed):
+    """The padded-table blocks cover every row once, in order; a cell far above its neighbours
+    (longer than the V2 limit, as real data has) gets a block of its own instead of widening all."""
+    from tflib.tokenize.rank import _row_blocks
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2000, 4001, 256)
+    long_rows = rng.choice(256, seed % 3, replace=False)
+    lengths[long_rows] = 6000
+    blocks = sorted(_row_blocks(lengths))
+    assert blocks[0][0] == 0 and blocks[-1][1] == 256
+    assert all(b0[1] == b1[0] for b0, b1 in zip(blocks, blocks[1:]))
+    for r in long_rows:
+        assert (int(r), int(r) + 1) in blocks
+    if not long_rows.size:
+        assert blocks == [(0, 256)]

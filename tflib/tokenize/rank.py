@@ -412,20 +412,35 @@ def _first_n(n: np.ndarray, width: int) -> np.ndarray:
     return np.repeat(np.tile(np.array([True, False]), n.size), runs.ravel()).reshape(n.size, width)
 
 
-def _row_blocks(nnz_row: np.ndarray, max_padding: float = 2.0) -> list[tuple[int, int]]:
-    """Split rows ``0..n`` into contiguous blocks whose padded table is at most ~3x their entries.
+def _row_blocks(nnz_row: np.ndarray, block_cost: int = 4096) -> list[tuple[int, int]]:
+    """Split rows ``0..n`` into contiguous blocks so that their padded tables are small.
 
-    A block is halved while ``rows * longest row`` exceeds ``(1 + max_padding) * entries`` (plus
-    64 per row, so that short rows never force a split). Typical chunks (similar row lengths)
-    are one block; a pathological one is split about ``log2(rows)`` times per outlier row.
+    The cost of a block is its table size (``rows * longest row``) plus ``block_cost`` (the fixed
+    cost of one more sort call, in table slots). A block is split greedily while that lowers the
+    cost: either the longest row becomes a block of its own, between the rows before and after
+    it (a few cells far above the V2 limit among ordinary ones, as in real data), or the block is
+    halved (several long rows). Typical chunks (similar row lengths) stay one block.
     """
     todo, blocks = [(0, nnz_row.size)], []
     while todo:
         a, b = todo.pop()
         seg = nnz_row[a:b]
-        if b - a > 1 and (b - a) * int(seg.max()) > (1 + max_padding) * int(seg.sum()) + 64 * (b - a):
-            mid = (a + b) // 2
-            todo += [(mid, b), (a, mid)]
-        else:
+        n = b - a
+        if n < 2:
             blocks.append((a, b))
+            continue
+        i = int(seg.argmax())
+        keep = n * int(seg[i])
+        # cutting out the k longest rows (k <= 8), one at a time: the best k decides
+        top = np.sort(seg)[::-1][:9].astype(np.int64)
+        k = np.arange(1, top.size)
+        cut = int(((n - k) * top[1:] + np.cumsum(top)[:-1] + 2 * k * block_cost).min())
+        mid = n // 2
+        halve = mid * int(seg[:mid].max()) + (n - mid) * int(seg[mid:].max()) + block_cost
+        if keep <= min(cut, halve):
+            blocks.append((a, b))
+        elif cut <= halve:
+            todo += [p for p in ((a + i + 1, b), (a + i, a + i + 1), (a, a + i)) if p[1] > p[0]]
+        else:
+            todo += [(a + mid, b), (a, a + mid)]
     return blocks
