@@ -176,13 +176,19 @@ assert (v_ode[on][5:] > 0).all() and (v_ode[~on][5:] < 0).all()
 # *velocity graph* (for each cell, the cosine similarity of its velocity with the displacement
 # to each neighbour; the stream plot and chapter 09 are built on it). It refuses input without
 # raw spliced and unspliced counts, because normalising twice would corrupt the ratio that
-# velocity is computed from.
+# velocity is computed from; it checks every value of both layers (not a sample), and names
+# the first bad cell and gene. The pipeline then runs on a copy, and the results are written
+# into `panc` only after the last step succeeded, so a failed call leaves the data as it was.
 #
-# ````{admonition} Library code: tflib.tl.velocity
+# ````{admonition} Library code: tflib.tl.velocity and the scVelo pipeline it runs
 # :class: dropdown
 # ```{literalinclude} ../tflib/tl/rna_velocity.py
 # :language: python
 # :pyobject: velocity
+# ```
+# ```{literalinclude} ../tflib/tl/rna_velocity.py
+# :language: python
+# :pyobject: _velocity_pipeline
 # ```
 # ````
 #
