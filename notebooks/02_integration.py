@@ -238,7 +238,7 @@ assert metrics.loc["X_scvi", "batch_score"] > metrics.loc["X_pca", "batch_score"
 
 # %%
 split = tl.make_split(adata, by="stim", test="STIM")
-tl.check_split(adata, split)  # raises SplitLeakError if a cell or a condition were shared
+tl.check_split(adata, split=split)  # raises SplitLeakError if a cell or a condition were shared
 print(split.describe())
 reference = adata[split.train].copy()
 query = adata[split.test].copy()

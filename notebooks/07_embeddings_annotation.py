@@ -121,7 +121,7 @@ except ValueError as err:
 counts = kang.obs.loc[split.train, "cell_type"].value_counts()
 adata = kang[kang.obs["cell_type"].isin(counts.index[counts >= MIN_TRAIN])].copy()
 adata.obs["cell_type"] = adata.obs["cell_type"].cat.remove_unused_categories()
-split = tl.make_split(adata, by="stim", test="STIM")
+split = tl.make_split(adata, by="stim", test="STIM", overwrite=True)  # the same split, on the kept classes
 train_mask, test_mask = split.masks(adata)
 y_test = adata.obs.loc[split.test, "cell_type"].astype(str).to_numpy()
 print(split.describe(), "|", adata.obs["cell_type"].nunique(), "cell types")

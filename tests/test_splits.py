@@ -30,11 +30,49 @@ def test_split_by_named_group(adata):
 
 
 def test_random_group_split_is_seeded_and_never_shares_a_group(adata):
-    a = make_split(adata, by="donor", test_size=0.5, seed=3, key=None)
-    b = make_split(adata, by="donor", test_size=0.5, seed=3, key=None)
+    a = make_split(adata, by="donor", test_size=0.5, seed=3, key_added=None)
+    b = make_split(adata, by="donor", test_size=0.5, seed=3, key_added=None)
     assert a.test_groups == b.test_groups and len(a.test_groups) == 2
     assert not set(adata.obs.loc[a.train, "donor"]) & set(adata.obs.loc[a.test, "donor"])
     assert "split" not in adata.obs
+
+
+def test_an_existing_split_column_is_kept_unless_overwrite(adata):
+    first = make_split(adata, by="donor", test="d2")
+    before = adata.obs.copy()
+    with pytest.raises(ValueError, match=r"already has a column 'split'.*overwrite=True.*key_added="):
+        make_split(adata, by="donor", test="d3")
+    pd.testing.assert_frame_equal(adata.obs, before)                  # the failed call wrote nothing
+    assert set(adata.obs_names[adata.obs["split"] == "test"]) == set(first.test)
+    second = make_split(adata, by="donor", test="d3", overwrite=True)
+    assert set(adata.obs_names[adata.obs["split"] == "test"]) == set(second.test)
+    make_split(adata, by="donor", test="d1", key_added="split_d1")   # another column is fine
+    assert set(adata.obs.loc[adata.obs["split_d1"] == "test", "donor"]) == {"d1"}
+    assert set(adata.obs.loc[adata.obs["split"] == "test", "donor"]) == {"d3"}
+
+
+def test_a_user_column_survives_a_refused_split(adata):
+    adata.obs["split"] = "mine"
+    with pytest.raises(ValueError, match="overwrite=True"):
+        make_split(adata, test_size=0.5)
+    assert (adata.obs["split"] == "mine").all()
+
+
+def test_old_output_key_name_still_works_with_a_warning(adata):
+    with pytest.warns(FutureWarning, match="key_added"):
+        make_split(adata, by="donor", test="d2", key="holdout")
+    assert adata.obs["holdout"].value_counts()["test"] == 15 and "split" not in adata.obs
+
+
+def test_options_are_keyword_only(adata):
+    split = make_split(adata, by="donor", test="d2", key_added=None)
+    check_split(adata, split=split)
+    with pytest.warns(FutureWarning, match=r"check_split\(adata, split=split\)"):
+        check_split(adata, split)                                     # the old call, for one release
+    with pytest.raises(TypeError, match="by keyword"):
+        check_split(adata, split, split)
+    with pytest.raises(TypeError, match="positional"):
+        make_split(adata, "donor")
 
 
 def test_cell_level_split_stratified(adata):
@@ -88,7 +126,7 @@ def test_class_with_fewer_than_two_training_cells_raises():
 def test_subsample_split_keeps_groups_and_strata(adata):
     from tflib.tl import subsample_split
 
-    split = make_split(adata, by="donor", test="d2", key=None)
+    split = make_split(adata, by="donor", test="d2", key_added=None)
     small = subsample_split(adata, split, n_train=30, n_test=9, stratify="cell_type", seed=1)
     assert len(small.train) == 30 and len(small.test) == 9
     assert set(small.train) <= set(split.train) and set(small.test) <= set(split.test)
@@ -100,7 +138,7 @@ def test_subsample_split_keeps_groups_and_strata(adata):
 def test_downsample_class_makes_it_rare_in_training_only(adata):
     from tflib.tl import downsample_class
 
-    split = make_split(adata, by="donor", test="d4", key=None)          # 45 train cells, 15 per type
+    split = make_split(adata, by="donor", test="d4", key_added=None)          # 45 train cells, 15 per type
     rare = downsample_class(adata, split, "cell_type", "NK", fraction=0.1, seed=0)
     train_types = adata.obs.loc[rare.train, "cell_type"]
     # 30 other training cells; 10 % of the training set -> round(0.1 * 30 / 0.9) = 3 NK cells

@@ -68,7 +68,7 @@ def finetune_annotator(adata, label_key: str, split: Split, model, tokenizer, *,
 
     if label_key not in adata.obs:
         raise KeyError(f"adata.obs has no column {label_key!r} (label_key); columns: {list(adata.obs.columns)}.")
-    check_split(adata, split)
+    check_split(adata, split=split)
     train_mask, _ = split.masks(adata)
     train = adata[train_mask]
     check_class_sizes(train.obs[label_key].astype(str), min_cells=2, where="training")

@@ -12,10 +12,14 @@ share technical and biological signal, so a random cell-level split overstates a
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from tflib._compat import renamed_kwargs
 
 __all__ = ["Split", "SplitLeakError", "make_split", "check_split", "check_class_sizes", "subsample_split",
            "downsample_class"]
@@ -67,6 +71,7 @@ def _check_unique_names(adata) -> None:
         )
 
 
+@renamed_kwargs(key="key_added")
 def make_split(
     adata,
     *,
@@ -75,11 +80,16 @@ def make_split(
     test_size: float = 0.25,
     seed: int = 0,
     stratify: str | None = None,
-    key: str | None = "split",
+    key_added: str | None = "split",
+    overwrite: bool = False,
 ) -> Split:
-    """Split cells into train and test, explicitly, and record it in ``adata.obs[key]``.
+    """Split cells into train and test, explicitly, and record it in ``adata.obs[key_added]``.
 
     Used in chapters 02 (reference vs query for atlas mapping) and 07 (annotation).
+
+    There is no ``copy`` option: the verb's purpose is the returned :class:`Split`; the only
+    thing it writes into ``adata`` is ``obs[key_added]`` (pass ``key_added=None`` to write
+    nothing). A failed call writes nothing.
 
     Parameters
     ----------
@@ -98,15 +108,24 @@ def make_split(
     stratify
         Without ``by`` only: an ``obs`` column whose proportions the two parts keep
         (e.g. ``"cell_type"``).
-    key
+    key_added
         ``obs`` column that receives ``"train"``/``"test"`` (categorical); ``None`` writes
-        nothing.
+        nothing. (Called ``key`` before; the old name works for one release with a warning.)
+    overwrite
+        Replace an existing ``obs[key_added]`` column. By default an existing column (e.g. a
+        split made earlier, or copied along with ``obs``) is refused, with the fix in the message.
 
     Returns
     -------
     Split
-        The partition; it has already passed :func:`check_split`.
+        The partition; it has already passed :func:`check_split`. Writes
+        ``adata.obs[key_added]`` (categories ``["train", "test"]``).
     """
+    if key_added is not None and key_added in adata.obs.columns and not overwrite:
+        raise ValueError(
+            f"adata.obs already has a column {key_added!r}; make_split does not replace it silently. "
+            f"Pass overwrite=True to replace it, or key_added='another_name' (key_added=None writes nothing)."
+        )
     _check_unique_names(adata)
     names = adata.obs_names
     if by is not None:
@@ -157,19 +176,38 @@ def make_split(
         tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
         split = Split(names[np.sort(tr)], names[np.sort(te)], by=None, seed=seed)
 
-    check_split(adata, split)
-    if key is not None:
-        adata.obs[key] = pd.Categorical(
+    check_split(adata, split=split)
+    if key_added is not None:
+        adata.obs[key_added] = pd.Categorical(
             np.where(names.isin(split.test), "test", "train"), categories=["train", "test"]
         )
     return split
 
 
-def check_split(adata, split: Split | None = None, *, train=None, test=None, by: str | None = None):
+def _split_by_position_deprecated(func):
+    """Accept the old ``check_split(adata, split)`` for one release, with a ``FutureWarning``."""
+
+    @functools.wraps(func)
+    def wrapper(adata, *args, **kwargs):
+        if args:
+            if len(args) > 1 or "split" in kwargs:
+                raise TypeError("check_split takes adata positionally and everything else by keyword: "
+                                "check_split(adata, split=split) or check_split(adata, train=..., test=...).")
+            warnings.warn("check_split(adata, split) is deprecated and will be removed in the next release; "
+                          "write check_split(adata, split=split).", FutureWarning, stacklevel=2)
+            kwargs["split"] = args[0]
+        return func(adata, **kwargs)
+
+    return wrapper
+
+
+@_split_by_position_deprecated
+def check_split(adata, *, split: Split | None = None, train=None, test=None, by: str | None = None):
     """Raise :class:`SplitLeakError` if train and test share cells or groups.
 
-    Used before every evaluation in chapters 02 and 07. Pass either a :class:`Split` or the
-    ``train``/``test`` cell names (or boolean masks over ``adata``) directly.
+    Used before every evaluation in chapters 02 and 07. Pass either ``split=`` (a
+    :class:`Split`) or the ``train=``/``test=`` cell names (or boolean masks over ``adata``).
+    Reads ``adata.obs_names`` (and ``adata.obs[by]``); writes nothing.
 
     Parameters
     ----------
@@ -192,7 +230,7 @@ def check_split(adata, split: Split | None = None, *, train=None, test=None, by:
         train, test = split.train, split.test
         by = by if by is not None else split.by
     if train is None or test is None:
-        raise TypeError("Pass a Split, or both train= and test=.")
+        raise TypeError("Pass split=<a Split>, or both train= and test=.")
 
     def _names(part, what):
         arr = np.asarray(part)
@@ -260,6 +298,25 @@ def subsample_split(adata, split: Split, *, n_train: int | None = None, n_test: 
     Chapter 07 uses it to fit fine-tuning into its CPU budget. Cells are drawn without
     replacement (stratified by ``obs[stratify]`` when given, so rare classes keep their share);
     nothing moves between the parts, so the split stays as leak-free as the original.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the split refers to (read only: nothing is written into it).
+    split
+        The :class:`Split` to shrink.
+    n_train, n_test
+        At most this many cells of each part (``None``: keep the part whole).
+    stratify
+        An ``obs`` column whose proportions each part keeps (a class too small to stratify
+        falls back to a plain random draw).
+    seed
+        Seed for the draws.
+
+    Returns
+    -------
+    Split
+        The smaller split (a new object; ``adata`` and ``split`` are unchanged).
     """
     from sklearn.model_selection import train_test_split
 
@@ -274,10 +331,10 @@ def subsample_split(adata, split: Split, *, n_train: int | None = None, n_test: 
             keep, _ = train_test_split(np.asarray(names), train_size=int(n), random_state=seed + offset)
         return pd.Index(np.sort(keep))
 
-    check_split(adata, split)
+    check_split(adata, split=split)
     out = Split(_draw(split.train, n_train, 0), _draw(split.test, n_test, 1), by=split.by,
                 test_groups=split.test_groups, seed=seed)
-    check_split(adata, out)
+    check_split(adata, split=out)
     return out
 
 
@@ -289,14 +346,30 @@ def downsample_class(adata, split: Split, label_key: str, cls: str, *, fraction:
     recall on ``cls`` is measured on the same, full set of test cells. At least 2 training cells
     of ``cls`` are kept (fewer cannot be learned; see :func:`check_class_sizes`).
 
+    Parameters
+    ----------
+    adata
+        The AnnData the split refers to (read only: nothing is written into it).
+    split
+        The :class:`Split` whose training part is thinned.
+    label_key
+        The ``obs`` column holding the classes.
+    cls
+        The class to make rare.
+    fraction
+        Its target share of the training cells, strictly between 0 and 1.
+    seed
+        Seed for choosing which cells of ``cls`` stay.
+
     Returns
     -------
     Split
-        The new split (the rare class is about ``fraction`` of its training cells).
+        The new split (the rare class is about ``fraction`` of its training cells); ``adata``
+        and ``split`` are unchanged.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction={fraction} must lie strictly between 0 and 1 (e.g. 0.015 for 1.5 %).")
-    check_split(adata, split)
+    check_split(adata, split=split)
     labels = adata.obs.loc[split.train, label_key].astype(str)
     if cls not in set(labels):
         raise ValueError(f"class {cls!r} has no training cells; classes: {sorted(labels.unique())}.")
@@ -308,5 +381,5 @@ def downsample_class(adata, split: Split, label_key: str, cls: str, *, fraction:
         target = pd.Index(np.sort(rng.choice(np.asarray(target), size=n_keep, replace=False)))
     train = split.train[split.train.isin(others.append(target))]
     out = Split(train, split.test, by=split.by, test_groups=split.test_groups, seed=seed)
-    check_split(adata, out)
+    check_split(adata, split=out)
     return out
