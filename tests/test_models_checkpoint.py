@@ -130,6 +130,45 @@ def test_never_overwrites_a_foreign_folder(tmp_path):
         model().save_pretrained(tmp_path / "ours", overwrite=False)
 
 
+def test_save_pretrained_keeps_a_checkpoint_by_default_and_names_the_flag(tmp_path):
+    from tflib.models.checkpoint import save_pretrained
+
+    first, second = model(), model(vocab=60)
+    save_pretrained(first, tmp_path / "ckpt")                         # the function, not only the method
+    weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_pretrained(second, tmp_path / "ckpt")                    # default: keep it
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == weights
+    save_pretrained(second, tmp_path / "ckpt", overwrite=True)
+    assert Transcriptformer.from_pretrained(tmp_path / "ckpt").config.vocab_size == 60
+
+
+@pytest.mark.parametrize("user_file", ["vocab.json", "tokenizer_config.json", "gene_medians.json",
+                                       "model.safetensors"])
+def test_never_writes_over_a_users_file_of_the_same_name(tmp_path, user_file):
+    (tmp_path / user_file).write_text("the user's own file\n")
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    for overwrite in (False, True):                                  # not even when asked: it is not ours
+        with pytest.raises(FileExistsError, match=f"{user_file}.*new or empty folder"):
+            model().save_pretrained(tmp_path, overwrite=overwrite)
+    assert (tmp_path / user_file).read_text() == "the user's own file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([user_file, "notes.txt"])
+
+
+def test_a_checkpoint_beside_unrelated_user_files_leaves_them_alone(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    model().save_pretrained(tmp_path)
+    model().save_pretrained(tmp_path, overwrite=True)                 # no tokenizer: stale ones removed,
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n"       # the user's file stays
+
+
+def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
+    (tmp_path / "ckpt").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        model().save_pretrained(tmp_path / "ckpt", overwrite=True)
+    assert (tmp_path / "ckpt").read_text() == "x"
+
+
 def test_missing_folder_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         Transcriptformer.from_pretrained(tmp_path / "nope")

@@ -88,27 +88,46 @@ def _check_vocab(model_vocab: int, tok: dict | None, where: str):
         )
 
 
-def save_pretrained(model: Transcriptformer, directory, tokenizer=None, overwrite: bool = True) -> Path:
+#: The files :func:`save_pretrained` may write (or remove as stale) in a checkpoint folder.
+CHECKPOINT_FILES = ("config.json", WEIGHTS, "vocab.json", "tokenizer_config.json", "gene_medians.json")
+
+
+def save_pretrained(model: Transcriptformer, directory, tokenizer=None, overwrite: bool = False) -> Path:
     """Save ``model`` (and ``tokenizer``) to ``directory``; returns the folder.
 
     Files are written to a temporary folder first and moved into place only after the
     tokenizer has been checked against the model, so a failed save leaves ``directory`` as it
-    was. A folder holding something other than a tflib checkpoint is never overwritten;
-    ``overwrite=False`` also protects an existing tflib checkpoint.
+    was. An existing tflib checkpoint in ``directory`` is replaced only with ``overwrite=True``
+    (its other files are left alone). A folder that is not a tflib checkpoint is never written
+    over: if it holds any file a checkpoint consists of (``config.json``, ``model.safetensors``,
+    ``vocab.json``, ``tokenizer_config.json``, ``gene_medians.json``) the save is refused,
+    whatever ``overwrite`` says. Used in chapters 05--07.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file, not a folder; choose a folder for the checkpoint.")
     existing = directory / "config.json"
     if existing.is_file():
         try:
             meta = json.loads(existing.read_text())
         except json.JSONDecodeError:
             meta = {}
-        if meta.get("tflib_format") != FORMAT:
-            raise FileExistsError(f"{directory} already holds a different model (config.json); choose another folder.")
+        if not isinstance(meta, dict) or meta.get("tflib_format") != FORMAT:
+            raise FileExistsError(
+                f"{directory} already holds a different model (its config.json is not a tflib checkpoint); "
+                "nothing was written. Choose another folder.")
         if not overwrite:
-            raise FileExistsError(f"{directory} already holds a checkpoint; pass overwrite=True or choose another folder.")
+            raise FileExistsError(
+                f"{directory} already holds a tflib checkpoint; pass overwrite=True to replace it, or choose "
+                "another folder to keep it.")
+    else:
+        clash = [name for name in CHECKPOINT_FILES if (directory / name).exists()]
+        if clash:
+            raise FileExistsError(
+                f"{directory} holds {', '.join(clash)} but no tflib checkpoint; these files are not tflib's and "
+                "are left alone (overwrite=True does not replace them). Choose a new or empty folder.")
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
         tmp = Path(tmp)
