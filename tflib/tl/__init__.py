@@ -12,10 +12,12 @@ _EXPORTS: dict[str, str] = {
     "fates": "fate",
     "fate_probs_frame": "fate",
     "NoTerminalStateError": "fate",
+    "DisconnectedGraphError": "fate",
+    "FateWarning": "fate",
     "fate_drivers": "drivers",
     "vocab_labels": "trajectory",
-    "embedding_velocity": "trajectory",
-    "embedding_kernel": "trajectory",
+    "embedding_velocity": "embedding_flow",
+    "embedding_kernel": "embedding_flow",
     "TrajectoryAwareTranscriptformer": "trajectory",
     "row_cosine": "trajectory_metrics",
     "match_terminal_states": "trajectory_metrics",
@@ -52,6 +54,8 @@ _EXPORTS: dict[str, str] = {
     "calibration_report": "annotation",
     "downsample_class": "splits",
     "subsample_split": "splits",
+    "perturb": "perturbation",  # not perturb.py: a submodule named like the function would shadow it
+    "perturb_summary": "perturbation",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,169 @@
+"""tflib.tl.perturb: batched in-silico deletion/overexpression (chapter 11; issue 12, first part)."""
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import tflib.tl as tl
+from tflib.models import Transcriptformer, TranscriptformerConfig
+from tflib.tokenize import GeneVocab, RankValueTokenizer
+
+torch.set_num_threads(1)
+GENES = [f"G{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    vocab = GeneVocab.from_genes(GENES[:36])                          # G36..G39 are outside the vocabulary
+    medians = {g: 1.0 + i % 4 for i, g in enumerate(GENES[:36])}
+    tok = RankValueTokenizer(vocab, medians, preset="V2")
+    rng = np.random.default_rng(1)
+    X = rng.poisson(1.2, (12, 40)).astype(np.float32)
+    adata = ad.AnnData(sp.csr_matrix(X))
+    adata.var_names = GENES
+    adata.obs["state"] = np.where(np.arange(12) < 6, "A", "B")
+    torch.manual_seed(0)
+    model = Transcriptformer(TranscriptformerConfig(vocab_size=len(vocab), max_len=24, n_layer=2, n_head=2,
+                                                    n_embd=32, n_inner=64)).eval()
+    return adata, model, tok
+
+
+def _looped(adata, model, tok, genes, kind):
+    """One forward per (cell, gene), the sequence edited with plain list operations."""
+    cells = tok.encode(adata)
+    vocab, ctx = tok.vocab, model.config.max_len
+    out = {}
+    def emb(seq):
+        seq = list(seq)
+        if len(seq) > ctx:
+            seq = seq[:ctx - 1] + [vocab.eos_id]
+        with torch.no_grad():
+            return model.encode(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.bool))[0, 0]
+    for i in range(len(cells)):
+        seq = [int(t) for t in cells[i]]
+        e0 = emb(seq)
+        for g in genes:
+            t = vocab.token_to_id(g)
+            new = list(seq)
+            if kind == "delete":
+                if t in new:
+                    new.remove(t)
+            else:
+                if t in new:
+                    new.remove(t)
+                new.insert(1, t)
+            out[(adata.obs_names[cells.obs_index[i]], g)] = float((emb(new) - e0).norm())
+    return out
+
+
+@pytest.mark.parametrize("kind", ["delete", "overexpress"])
+def test_batched_equals_looped(setup, kind):
+    adata, model, tok = setup
+    genes = ["G0", "G3", "G7", "G20"]
+    table = tl.perturb(adata, model, tok, genes, kind=kind, batch_size=5)
+    ref = _looped(adata, model, tok, genes, kind)
+    assert len(table) == len(ref) == 12 * 4
+    got = {(c, g): v for c, g, v in zip(table["cell"], table["gene"], table["embedding_shift_l2"])}
+    np.testing.assert_allclose([got[k] for k in ref], list(ref.values()), atol=1e-5)
+
+
+def test_deleting_an_unexpressed_gene_changes_nothing(setup):
+    adata, model, tok = setup
+    a = adata.copy()
+    X = a.X.toarray()
+    X[:, GENES.index("G5")] = 0
+    a.X = sp.csr_matrix(X)
+    table = tl.perturb(a, model, tok, ["G5", "G6"], kind="delete")
+    g5 = table[table["gene"] == "G5"]
+    assert not g5["expressed"].any() and (g5["rank"] == -1).all()
+    assert (g5["embedding_shift_l2"] == 0).all() and (g5["embedding_shift_cosine"].abs() < 1e-6).all()
+    g6 = table[table["gene"] == "G6"]
+    assert (g6.loc[g6["expressed"], "embedding_shift_l2"] > 1e-4).all()
+
+
+def test_all_genes_scores_expressed_pairs_and_is_deterministic(setup):
+    adata, model, tok = setup
+    t1 = tl.perturb(adata, model, tok, "all", goal_key="state", goal="B", batch_size=7)
+    t2 = tl.perturb(adata, model, tok, "all", goal_key="state", goal="B", batch_size=64)
+    cells = tok.encode(adata)
+    assert len(t1) == sum(len(cells[i]) - 2 for i in range(len(cells)))   # every gene token, no specials
+    assert t1["expressed"].all() and not set(t1["gene"]) & {"G36", "G37", "G38", "G39"}
+    pd.testing.assert_frame_equal(t1.reset_index(drop=True), t2.reset_index(drop=True), atol=1e-5)
+    summary = tl.perturb_summary(t1)
+    assert set(summary.columns) >= {"n_cells", "n_expressed", "mean_embedding_shift_l2", "mean_goal_cosine_shift"}
+    assert summary["n_expressed"].sum() == len(t1)
+
+
+def test_flow_score_projects_on_velocity(setup):
+    adata, model, tok = setup
+    a = adata.copy()
+    d = model.config.n_embd
+    a.obsm["v"] = np.tile(np.eye(d, dtype=np.float32)[0] * 3.0, (a.n_obs, 1))   # flow along axis 0
+    a.obsm["w"] = -a.obsm["v"]                                                   # the opposite flow
+    t = tl.perturb(a, model, tok, ["G1"], kind="overexpress", velocity_key="v")
+    u = tl.perturb(a, model, tok, ["G1"], kind="overexpress", velocity_key="w")
+    assert np.isfinite(t["flow_score"]).all() and t["flow_score"].abs().max() > 1e-4
+    np.testing.assert_allclose(t["flow_score"], -u["flow_score"], atol=1e-6)
+    # |projection| never exceeds the displacement itself
+    assert (t["flow_score"].abs() <= t["embedding_shift_l2"] + 1e-6).all()
+
+
+def test_bad_inputs_name_the_fix(setup):
+    adata, model, tok = setup
+    with pytest.raises(ValueError, match="kind='delete' or kind='overexpress'"):
+        tl.perturb(adata, model, tok, "G1", kind="knockdown")
+    with pytest.raises(ValueError, match="none of the genes"):
+        tl.perturb(adata, model, tok, ["G37", "G38"])
+    with pytest.warns(UserWarning, match=r"1 gene\(s\) outside the tokenizer's vocabulary were dropped"):
+        tl.perturb(adata, model, tok, ["G1", "G37"])
+    with pytest.raises(KeyError, match="not in adata"):
+        tl.perturb(adata, model, tok, ["NOPE"])
+    with pytest.raises(ValueError, match="genes is empty"):
+        tl.perturb(adata, model, tok, [])
+    with pytest.raises(ValueError, match="does not occur"):
+        tl.perturb(adata, model, tok, "G1", goal_key="state", goal="C")
+    other = RankValueTokenizer(GeneVocab.from_genes(GENES), {g: 1.0 for g in GENES}, preset="V2")
+    with pytest.raises(ValueError, match="tokenizer saved with the model"):
+        tl.perturb(adata, model, other, "G1")
+    before = (set(adata.obsm), set(adata.obs.columns), set(adata.uns))
+    tl.perturb(adata, model, tok, "G1")
+    assert (set(adata.obsm), set(adata.obs.columns), set(adata.uns)) == before
+
+
+def test_fate_shift_recovers_a_planted_dependency():
+    """The fate depends on whether G2's token is present, by construction: deleting G2 must move
+    the predicted fate; deleting G9 (no role) must not."""
+    from tflib.train import FinetuneConfig
+
+    genes = [f"G{i}" for i in range(20)]
+    tok = RankValueTokenizer(GeneVocab.from_genes(genes), {g: 1.0 for g in genes}, preset="V2")
+    rng = np.random.default_rng(3)
+    X = rng.poisson(1.0, (400, 20)).astype(np.float32)
+    X[:, 9] = rng.poisson(2.0, 400) + 1                             # G9 expressed everywhere
+    X[:200, 2] = 0
+    X[200:, 2] = rng.poisson(2.0, 200) + 1                          # G2 present in half of the cells
+    a = ad.AnnData(sp.csr_matrix(X))
+    a.var_names = genes
+    p_a = np.where(X[:, 2] > 0, 0.95, 0.05)
+    truth = pd.DataFrame({"A": p_a, "B": 1 - p_a}, index=a.obs_names)
+    torch.manual_seed(0)
+    model = Transcriptformer(TranscriptformerConfig(vocab_size=len(tok.vocab), max_len=24, n_layer=1, n_head=2,
+                                                    n_embd=32, n_inner=64))
+    ta = tl.TrajectoryAwareTranscriptformer(model, tok, config=FinetuneConfig(
+        mode="full", pooling="mean", epochs=25, lr=3e-3, encoder_lr=3e-3, patience=25, class_weight=None,
+        calibrate=False, seed=0))
+    ta.fit(a, truth)
+    test = a[np.r_[150:200, 350:400]].copy()                        # 50 cells without G2, 50 with it
+    table = tl.perturb(test, model, tok, ["G2", "G9"], kind="delete", fate_model=ta, pooling="mean")
+    g2 = table[(table["gene"] == "G2") & table["expressed"]]
+    g9 = table[table["gene"] == "G9"]
+    assert len(g2) == 50 and g2["fate_shift_A"].mean() < -0.5       # the planted shift: about 0.95 -> 0.05
+    assert g9["fate_shift_A"].abs().mean() < 0.1 * abs(g2["fate_shift_A"].mean())
+    unexpressed = table[(table["gene"] == "G2") & ~table["expressed"]]
+    assert (unexpressed["fate_shift_A"].abs() < 1e-9).all()          # nothing to delete: no shift
+    # the table's fate columns agree with predict_fates on the unperturbed cells
+    with pytest.raises(ValueError, match="fate_model was trained with a tokenizer"):
+        other = RankValueTokenizer(GeneVocab.from_genes(genes[::-1]), {g: 1.0 for g in genes}, preset="V2")
+        tl.perturb(test, model, other, ["G2"], fate_model=ta)

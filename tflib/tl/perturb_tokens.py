@@ -1,0 +1,109 @@
+"""In-silico perturbation as index arithmetic on token arrays (chapter 11).
+
+A rank-value cell is a sequence ``[<cls>] g1 g2 ... gn [<eos>]`` of gene tokens sorted by
+normalised expression. Following Geneformer's definitions:
+
+- **deletion** (an in-silico knockout) removes the gene's token; the genes behind it move up
+  one place. A gene the cell does not express cannot be deleted: the sequence is unchanged.
+- **overexpression** moves the gene's token to the front (right after ``<cls>`` when there is
+  one); a gene the cell does not express is inserted there, and the sequence grows by one
+  (the last gene token drops out when that would exceed the context, ``<eos>`` is kept).
+
+Here every variant is a row of a *source-index* matrix: ``new[v, k] = old[cell[v], src[v, k]]``,
+one ``gather`` for a whole batch of (cell, gene) variants, so no Python loop runs per
+perturbation. Shapes: ``N`` cells, ``V`` variants, ``L`` padded length.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["KINDS", "pad_cells", "gene_positions", "perturbed_batch"]
+
+#: The two perturbations of chapter 11.
+KINDS = ("delete", "overexpress")
+
+
+def pad_cells(cells, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(ids (N, L) long, lengths (N,) long)`` from ragged token sequences."""
+    seqs = [np.asarray(cells[i], dtype=np.int64) for i in range(len(cells))]
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)            # (N,)
+    L = int(lengths.max()) if len(seqs) else 0
+    ids = torch.full((len(seqs), max(L, 1)), pad_id, dtype=torch.long)         # (N, L)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.from_numpy(s)
+    return ids, lengths
+
+
+def gene_positions(ids: torch.Tensor, lengths: torch.Tensor, gene_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each gene token in each cell, ``-1`` where absent: ``(N, G)`` long.
+
+    Token ids are unique within a cell (one token per gene), so the first match is the match.
+    """
+    N, L = ids.shape
+    valid = torch.arange(L)[None, :] < lengths[:, None]                         # (N, L)
+    hit = (ids[:, :, None] == gene_ids[None, None, :]) & valid[:, :, None]      # (N, L, G)
+    found = hit.any(1)                                                          # (N, G)
+    pos = hit.float().argmax(1)                                                 # (N, G) first True
+    return torch.where(found, pos, torch.full_like(pos, -1))
+
+
+def perturbed_batch(ids: torch.Tensor, lengths: torch.Tensor, cell: torch.Tensor, gene: torch.Tensor,
+                    pos: torch.Tensor, *, kind: str, front: int, max_len: int, pad_id: int,
+                    eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of a batch of perturbed cells.
+
+    Parameters
+    ----------
+    ids, lengths
+        All cells, padded (``pad_cells``): ``(N, L)`` and ``(N,)``.
+    cell, gene, pos
+        One entry per variant ``(V,)``: the cell's row in ``ids``, the gene's token id and its
+        position in that cell (``-1`` when the cell does not express it).
+    kind
+        ``"delete"`` or ``"overexpress"``.
+    front
+        Where an overexpressed gene goes: ``1`` after ``<cls>``, ``0`` without one.
+    max_len
+        Context of the model that reads the result; longer sequences are cut (``<eos>`` kept).
+    pad_id, eos_id
+        Special token ids (``eos_id=None``: the tokenizer adds no ``<eos>``).
+
+    Returns
+    -------
+    ``(new_ids (V, L'), mask (V, L'))`` with ``L' <= max_len``. Used by
+    :func:`tflib.tl.perturb` (chapter 11).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; use one of {KINDS}.")
+    V = int(cell.numel())
+    base = ids[cell]                                                            # (V, L)
+    n = lengths[cell]                                                           # (V,)
+    if kind == "delete":
+        present = pos >= 0                                                      # (V,)
+        width = base.shape[1]
+        k = torch.arange(width)[None, :].expand(V, width)                       # (V, L)
+        shift = (present[:, None] & (k >= pos[:, None])).long()                 # (V, L) 1 behind the gene
+        src = (k + shift).clamp(max=width - 1)                                  # (V, L)
+        new = base.gather(1, src)                                               # (V, L)
+        new_len = n - present.long()                                            # (V,)
+    else:
+        width = base.shape[1] + 1
+        padded = torch.cat([base, torch.full((V, 1), pad_id, dtype=base.dtype)], 1)  # (V, L+1)
+        k = torch.arange(width)[None, :].expand(V, width)                       # (V, L+1)
+        # positions front+1 .. p take their left neighbour (p = end of sequence when inserting)
+        last = torch.where(pos >= 0, pos, torch.full_like(pos, width))          # (V,)
+        shift = ((k > front) & (k <= last[:, None])).long()                     # (V, L+1)
+        new = padded.gather(1, k - shift)                                       # (V, L+1)
+        new[:, front] = gene                                                    # (V, L+1) gene at the front
+        new_len = n + (pos < 0).long()                                          # (V,)
+    cut = new_len > max_len                                                     # (V,) longer than the context
+    new_len = new_len.clamp(max=max_len)
+    new = new[:, : max(1, min(int(new_len.max()) if V else 1, max_len))]        # (V, L')
+    if eos_id is not None and bool(cut.any()):
+        had_eos = base.gather(1, (n - 1).clamp(min=0)[:, None])[:, 0] == eos_id  # (V,)
+        fix = cut & had_eos
+        new[fix, new_len[fix] - 1] = eos_id                                     # keep <eos> last
+    mask = torch.arange(new.shape[1])[None, :] < new_len[:, None]               # (V, L')
+    new = torch.where(mask, new, torch.full_like(new, pad_id))                  # (V, L') pads beyond
+    return new, mask
