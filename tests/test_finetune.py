@@ -137,8 +137,13 @@ def test_annotate_writes_documented_keys_and_checks_the_split(tiny_model, order_
     ft = tl.finetune_annotator(adata, "cell_type", split, tiny_model, None, tokens=train_tokens,
                                mode="top", epochs=2)
     test = adata[split.test].copy()
-    pred = tl.annotate(test, ft, tokens=[cells[i] for i in range(80, 120)], key_added="tf")
-    assert pred.index.equals(test.obs_names)
+    test_tokens = [cells[i] for i in range(80, 120)]
+    fresh = test.copy()
+    out = tl.annotate(fresh, ft, tokens=test_tokens, key_added="tf", copy=True)    # copy: input untouched
+    assert "tf" not in fresh.obs and "tf_proba" not in fresh.obsm and "tf" in out.obs
+    assert tl.annotate(test, ft, tokens=test_tokens, key_added="tf") is None      # in place
+    pred = test.obs["tf"]
+    assert pred.index.equals(test.obs_names) and pred.equals(out.obs["tf"])
     assert set(test.obs["tf"].cat.categories) == {"4 first", "5 first"}
     assert test.obsm["tf_proba"].shape == (40, 2) and np.allclose(test.obsm["tf_proba"].sum(1), 1)
     assert np.allclose(test.obs["tf_confidence"], test.obsm["tf_proba"].max(1))

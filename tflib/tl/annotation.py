@@ -4,7 +4,7 @@ The AnnData side of :func:`tflib.train.finetune`:
 
 * :func:`finetune_annotator` trains a classifier on the *training* part of an explicit
   :class:`~tflib.tl.Split` (checked for leaks first; the test cells are never tokenized here);
-* :func:`annotate` writes its predictions for any cells into ``adata``:
+* :func:`annotate` writes its predictions for any cells into ``adata`` (or a copy):
 
   - ``obs[key_added]`` -- the predicted label (categorical; ``NaN`` for cells without tokens);
   - ``obs[key_added + "_confidence"]`` -- the probability of that label;
@@ -22,22 +22,14 @@ import pandas as pd
 
 from tflib.tl.splits import Split, check_class_sizes, check_split
 
+from ._tokens import encode_cells
+
 __all__ = ["finetune_annotator", "annotate", "bag_of_tokens", "confusion_frame", "expected_calibration_error",
            "calibration_report"]
 
 
-def _encode(adata, tokenizer, tokens, encode_kwargs):
-    """Token ids of the cells of ``adata`` and the ``obs`` row each sequence belongs to."""
-    kwargs = {"check_coverage": False, **(encode_kwargs or {})}
-    cells = tokens if tokens is not None else tokenizer.encode(adata, **kwargs)
-    rows = np.asarray(getattr(cells, "obs_index", np.arange(len(cells))), dtype=np.int64)
-    if len(rows) != len(cells) or (rows.size and rows.max() >= adata.n_obs):
-        raise ValueError(f"{len(cells)} token sequences do not line up with the {adata.n_obs} cells.")
-    return cells, rows
-
-
 def finetune_annotator(adata, label_key: str, split: Split, model, tokenizer, *, config=None, tokens=None,
-                       encode_kwargs=None, **overrides):
+                       check_coverage: bool = True, encode_kwargs=None, **overrides):
     """Fine-tune ``model`` to predict ``obs[label_key]`` on the training cells of ``split`` (chapter 07).
 
     Parameters
@@ -56,12 +48,17 @@ def finetune_annotator(adata, label_key: str, split: Split, model, tokenizer, *,
         A :class:`tflib.train.FinetuneConfig` and/or single fields (``mode="full"``, ``epochs=5``).
     tokens
         Pre-computed ``tokenizer.encode(training cells)`` (skips tokenizing again).
+    check_coverage
+        Passed to ``tokenizer.encode``: refuse cells whose counts fall mostly outside the
+        tokenizer's genes (chapter 04). The same rule and default as :func:`tflib.tl.embed` and
+        :func:`annotate`; ``False`` tokenizes the covered genes anyway.
     encode_kwargs
-        Passed to ``tokenizer.encode`` (e.g. ``{"layer": "counts"}``).
+        Other arguments of ``tokenizer.encode`` (e.g. ``{"layer": "counts"}``).
 
     Returns
     -------
     tflib.train.FinetunedModel
+        The purpose of this verb is the model: it is returned, and ``adata`` is not modified.
         Pass it to :func:`annotate`. ``.tokenizer`` and ``.label_key`` are attached.
     """
     from tflib.train.finetuning import finetune
@@ -72,15 +69,16 @@ def finetune_annotator(adata, label_key: str, split: Split, model, tokenizer, *,
     train_mask, _ = split.masks(adata)
     train = adata[train_mask]
     check_class_sizes(train.obs[label_key].astype(str), min_cells=2, where="training")
-    cells, rows = _encode(train, tokenizer, tokens, encode_kwargs)
+    cells, rows = encode_cells(train, tokenizer, tokens=tokens, encode_kwargs=encode_kwargs,
+                               check_coverage=check_coverage)
     labels = train.obs[label_key].astype(str).to_numpy()[rows]
     ft = finetune(model, cells, labels, config=config, tokenizer=tokenizer, **overrides)
     ft.tokenizer, ft.label_key = tokenizer, label_key
     return ft
 
 
-def annotate(adata, classifier, tokenizer=None, *, key_added: str = "tf_annot", tokens=None,
-             encode_kwargs=None, batch_size: int = 64) -> pd.Series:
+def annotate(adata, classifier, *, tokenizer=None, key_added: str = "tf_annot", tokens=None,
+             check_coverage: bool = True, encode_kwargs=None, batch_size: int = 64, copy: bool = False):
     """Predict a label for every cell of ``adata`` with a fine-tuned classifier (chapter 07).
 
     Parameters
@@ -90,35 +88,54 @@ def annotate(adata, classifier, tokenizer=None, *, key_added: str = "tf_annot", 
     classifier
         A :class:`tflib.train.FinetunedModel` (from :func:`finetune_annotator`).
     tokenizer
-        Default ``classifier.tokenizer``.
+        The tokenizer the classifier was trained with; default ``classifier.tokenizer``.
     key_added
-        Prefix of the keys written (see the module docstring).
-    tokens, encode_kwargs
-        Pre-computed tokens of ``adata``, or arguments for ``tokenizer.encode``.
+        Prefix of the keys written (all listed below).
+    tokens
+        Pre-computed tokens of ``adata`` (their coverage was checked when they were made).
+    check_coverage
+        Passed to ``tokenizer.encode``, as in :func:`tflib.tl.embed` and :func:`finetune_annotator`.
+    encode_kwargs
+        Other arguments of ``tokenizer.encode``.
+    batch_size
+        Cells per forward pass.
+    copy
+        ``False`` (default): write into ``adata`` and return ``None``. ``True``: leave ``adata``
+        as it is and return a copy holding the predictions.
 
     Returns
     -------
-    pandas.Series
-        The predicted labels, indexed by ``obs_names`` (``NaN`` where a cell had no tokens).
+    None or anndata.AnnData
+        ``None``, or the copy when ``copy=True``. Written keys:
+
+        - ``obs[key_added]``: the predicted label (categorical; ``NaN`` for cells without tokens);
+        - ``obs[key_added + "_confidence"]``: the probability of that label;
+        - ``obsm[key_added + "_proba"]``: cells x classes probabilities (rows sum to 1);
+        - ``uns[key_added]``: the class order (the ``_proba`` columns) and the fine-tuning settings.
+
+        Nothing is written when the call fails.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(classifier, "tokenizer", None)
     if tokenizer is None and tokens is None:
         raise ValueError("annotate needs the tokenizer the classifier was trained with (tokenizer=...).")
-    cells, rows = _encode(adata, tokenizer, tokens, encode_kwargs)
+    cells, rows = encode_cells(adata, tokenizer, tokens=tokens, encode_kwargs=encode_kwargs,
+                               check_coverage=check_coverage)
     proba = np.full((adata.n_obs, len(classifier.classes)), np.nan)
     proba[rows] = classifier.predict_proba(cells, batch_size=batch_size)
     classes = np.asarray(classifier.classes, dtype=object)
     pred = pd.Series(pd.NA, index=adata.obs_names, dtype=object)
     pred.iloc[rows] = classes[proba[rows].argmax(1)]
-    adata.obs[key_added] = pd.Categorical(pred, categories=list(classifier.classes))
-    adata.obs[f"{key_added}_confidence"] = proba.max(axis=1)                   # NaN where no tokens
-    adata.obsm[f"{key_added}_proba"] = proba
     cfg = classifier.config
-    adata.uns[key_added] = {"classes": list(classifier.classes), "mode": cfg.mode, "pooling": cfg.pooling,
-                            "temperature": classifier.temperature, "best_epoch": int(classifier.best_epoch),
-                            "label_key": str(getattr(classifier, "label_key", "")),
-                            "n_cells_without_tokens": int(adata.n_obs - rows.size)}
-    return pred.rename(key_added)
+    info = {"classes": list(classifier.classes), "mode": cfg.mode, "pooling": cfg.pooling,
+            "temperature": classifier.temperature, "best_epoch": int(classifier.best_epoch),
+            "label_key": str(getattr(classifier, "label_key", "")),
+            "n_cells_without_tokens": int(adata.n_obs - rows.size)}
+    target = adata.copy() if copy else adata
+    target.obs[key_added] = pd.Categorical(pred, categories=list(classifier.classes))
+    target.obs[f"{key_added}_confidence"] = proba.max(axis=1)                  # NaN where no tokens
+    target.obsm[f"{key_added}_proba"] = proba
+    target.uns[key_added] = info
+    return target if copy else None
 
 
 def bag_of_tokens(cells, vocab_size: int, *, weighting: str = "binary"):

@@ -3,7 +3,7 @@
 (The module is not called ``embed.py``: a submodule named like its function would shadow the
 function ``tflib.tl.embed`` once imported.)
 
-- :func:`embed` writes one vector per cell to ``adata.obsm[key]`` (the ``<cls>`` state or the
+- :func:`embed` writes one vector per cell to ``adata.obsm[key_added]`` (the ``<cls>`` state or the
   mean over gene tokens, from any layer). Every cell is embedded -- unlike Geneformer's
   extractor, which silently samples 1,000 cells by default -- in length-sorted batches, in
   eval mode, so the same call gives the same numbers.
@@ -24,7 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tflib._compat import renamed_kwargs
+from tflib.tokenize import special_token_ids
 from tflib.utils import get_device
+
+from ._tokens import encode_cells
 
 __all__ = ["embed", "gene_embeddings"]
 
@@ -33,8 +37,9 @@ __all__ = ["embed", "gene_embeddings"]
 UNPAD_ABOVE = 0.2
 
 
-def _tokens_for(adata, model, tokenizer, tokens, encode_kwargs):
-    """Token ids for the cells of ``adata`` and the row each result belongs to."""
+def _tokens_for(adata, model, tokenizer, tokens, encode_kwargs, check_coverage):
+    """Token ids for the cells of ``adata`` and the row each result belongs to (after checking that
+    the tokenizer is the model's)."""
     conf = tokenizer.config() if hasattr(tokenizer, "config") else {}
     size = conf.get("vocab_size", len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else None)
     if size is not None and int(size) != model.config.vocab_size:
@@ -45,11 +50,8 @@ def _tokens_for(adata, model, tokenizer, tokens, encode_kwargs):
     saved = getattr(model, "tokenizer", None)
     if saved is not None and hasattr(tokenizer, "check_compatible"):
         tokenizer.check_compatible(saved.config(), what="the model's training tokens")
-    cells = tokens if tokens is not None else tokenizer.encode(adata, **(encode_kwargs or {}))
-    rows = np.asarray(getattr(cells, "obs_index", np.arange(len(cells))), dtype=np.int64)
-    if len(rows) != len(cells) or (rows.size and rows.max() >= adata.n_obs):
-        raise ValueError(f"{len(cells)} token sequences do not line up with the {adata.n_obs} cells of adata.")
-    return cells, rows
+    return encode_cells(adata, tokenizer, tokens=tokens, encode_kwargs=encode_kwargs,
+                        check_coverage=check_coverage)
 
 
 def _batches(cells, batch_size: int, max_len: int, pad_id: int):
@@ -67,13 +69,6 @@ def _batches(cells, batch_size: int, max_len: int, pad_id: int):
         yield pos, ids, mask
 
 
-def _special_ids(tokenizer, model) -> list[int]:
-    vocab = getattr(tokenizer, "vocab", None)
-    if vocab is not None and hasattr(vocab, "special_tokens"):
-        return [vocab.token_to_id(t) for t in vocab.special_tokens]
-    return [model.config.pad_token_id]
-
-
 def _hidden_states(model, cells, batch_size, device, layer, pad_id, progress, first_only=False):
     """Yield ``(positions, input_ids, attention_mask, hidden (B, L, D))`` for every cell."""
     from tqdm.auto import tqdm
@@ -86,9 +81,11 @@ def _hidden_states(model, cells, batch_size, device, layer, pad_id, progress, fi
         yield pos, ids, mask, h.float().cpu()
 
 
-def embed(adata, model, tokenizer, key: str = "X_tf", pooling: str = "cls", layer: int = -1,
-          batch_size: int = 16, device=None, tokens=None, progress: bool = False, encode_kwargs=None) -> np.ndarray:
-    """Cell embeddings into ``adata.obsm[key]`` (chapter 07).
+@renamed_kwargs(key="key_added")
+def embed(adata, model, tokenizer, *, key_added: str = "X_tf", pooling: str = "cls", layer: int = -1,
+          batch_size: int = 16, device=None, tokens=None, check_coverage: bool = True, encode_kwargs=None,
+          progress: bool = False, copy: bool = False):
+    """Cell embeddings into ``adata.obsm[key_added]`` (chapter 07; also chapters 10, 11 and 13).
 
     Parameters
     ----------
@@ -96,27 +93,47 @@ def embed(adata, model, tokenizer, key: str = "X_tf", pooling: str = "cls", laye
         The cells (AnnData; counts as the tokenizer expects them).
     model, tokenizer
         A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with.
-    key
-        ``obsm`` key to write; ``adata.uns[key]`` records how the vectors were made.
+    key_added
+        Where the result goes (``key`` is still accepted for one release, with a ``FutureWarning``).
     pooling
         ``"cls"``: the hidden state of the ``<cls>`` token (V2 tokenizers only);
-        ``"mean"``: the mean over gene tokens (special tokens and padding excluded).
+        ``"mean"``: the mean over gene tokens (the ids of :func:`tflib.tokenize.special_token_ids`
+        and padding excluded).
     layer
         Which hidden state: ``-1`` the last block, ``-2`` the one before, ``0`` the embeddings.
     batch_size, device
         Cells per forward pass; device from :func:`tflib.utils.get_device` when ``None``.
     tokens
-        Pre-computed ``tokenizer.encode(adata)`` output (skips tokenizing again).
+        Pre-computed ``tokenizer.encode(adata)`` output (skips tokenizing again; its coverage
+        was checked when it was made).
+    check_coverage
+        Passed to ``tokenizer.encode``: refuse input whose counts fall mostly outside the
+        tokenizer's genes (chapter 04). The same rule, with the same default, as every other
+        tokenizing verb (:func:`gene_embeddings`, :func:`tflib.tl.finetune_annotator`,
+        :func:`tflib.tl.annotate`); ``False`` tokenizes the covered genes anyway.
     encode_kwargs
-        Passed to ``tokenizer.encode`` (e.g. ``{"layer": "counts"}``).
+        Other arguments of ``tokenizer.encode`` (e.g. ``{"layer": "counts"}``).
+    progress
+        Show a progress bar over batches.
+    copy
+        ``False`` (default): write into ``adata`` and return ``None``. ``True``: leave ``adata``
+        as it is and return a copy holding the result.
 
-    Returns the ``(n_obs, n_embd)`` float32 array. Every cell is embedded; cells without any
-    tokenizable gene get a row of NaN (with a warning).
+    Returns
+    -------
+    None or anndata.AnnData
+        ``None``, or the copy when ``copy=True``. Written keys:
+
+        - ``obsm[key_added]``: ``(n_obs, n_embd)`` float32, one row per cell. Every cell is
+          embedded; cells without any tokenizable gene get a row of NaN (with a warning).
+        - ``uns[key_added]``: how the vectors were made (pooling, layer, cells embedded, model size).
+
+        Nothing is written when the call fails.
     """
     if pooling not in ("cls", "mean"):
         raise ValueError(f"pooling={pooling!r}; use 'cls' or 'mean'.")
     device = get_device(device) if not isinstance(device, torch.device) else device
-    cells, rows = _tokens_for(adata, model, tokenizer, tokens, encode_kwargs)
+    cells, rows = _tokens_for(adata, model, tokenizer, tokens, encode_kwargs, check_coverage)
     vocab = getattr(tokenizer, "vocab", None)
     cls_id = getattr(vocab, "cls_id", None)
     pad_id = getattr(vocab, "pad_id", None) or model.config.pad_token_id
@@ -124,7 +141,7 @@ def embed(adata, model, tokenizer, key: str = "X_tf", pooling: str = "cls", laye
                                                     for i in range(len(cells)))):
         raise ValueError("pooling='cls' needs every cell to start with <cls> (a V2 tokenizer); "
                          "these tokens do not. Use pooling='mean'.")
-    special = torch.tensor(_special_ids(tokenizer, model))
+    special = torch.tensor(special_token_ids(tokenizer, model))
     out = np.full((adata.n_obs, model.config.n_embd), np.nan, dtype=np.float32)
     was_training = model.training
     model.eval().to(device)
@@ -142,23 +159,51 @@ def embed(adata, model, tokenizer, key: str = "X_tf", pooling: str = "cls", laye
         model.train(was_training)
     n_missing = adata.n_obs - len(rows)
     if n_missing:
-        warnings.warn(f"{n_missing} cells have no tokenizable gene; their rows in obsm[{key!r}] are NaN.")
-    adata.obsm[key] = out
-    adata.uns[key] = {"pooling": pooling, "layer": int(layer), "n_cells_embedded": int(len(rows)),
-                      "model_n_embd": int(model.config.n_embd), "model_n_layer": int(model.config.n_layer)}
-    return out
+        warnings.warn(f"{n_missing} cells have no tokenizable gene; their rows in obsm[{key_added!r}] are NaN.")
+    target = adata.copy() if copy else adata
+    target.obsm[key_added] = out
+    target.uns[key_added] = {"pooling": pooling, "layer": int(layer), "n_cells_embedded": int(len(rows)),
+                             "model_n_embd": int(model.config.n_embd), "model_n_layer": int(model.config.n_layer)}
+    return target if copy else None
 
 
-def gene_embeddings(adata, model, tokenizer, kind: str = "static", key: str | None = None, layer: int = -1,
-                    batch_size: int = 16, device=None, tokens=None, gene_key: str | None = None,
-                    progress: bool = False, encode_kwargs=None) -> pd.DataFrame:
-    """One vector per gene of ``adata`` (rows follow ``adata.var_names``; chapters 07 and 13).
+@renamed_kwargs(key="key_added")
+def gene_embeddings(adata, model, tokenizer, *, kind: str = "static", key_added: str | None = None,
+                    layer: int = -1, batch_size: int = 16, device=None, tokens=None, gene_key: str | None = None,
+                    check_coverage: bool = True, encode_kwargs=None, progress: bool = False) -> pd.DataFrame:
+    """One vector per gene of ``adata``, as a table (chapters 07 and 13).
 
-    ``kind="static"``: the gene's row of the input embedding matrix (context-free).
-    ``kind="contextual"``: the mean, over all cells where the gene is tokenized, of the hidden
-    state at its position (``layer`` as in :func:`embed`); ``adata.var[key + "_n_cells"]`` counts
-    those cells. Genes outside the vocabulary (or never seen) get NaN.
-    ``key`` (optional) also writes the matrix to ``adata.varm[key]``.
+    Parameters
+    ----------
+    adata
+        The dataset whose genes (``var_names`` or ``var[gene_key]``) are looked up; for
+        ``kind="contextual"`` also its cells (counts as the tokenizer expects them).
+    model, tokenizer
+        A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with.
+    kind
+        ``"static"``: the gene's row of the input embedding matrix (context-free).
+        ``"contextual"``: the mean, over all cells where the gene is tokenized, of the hidden
+        state at its position (``layer`` as in :func:`embed`).
+    key_added
+        If given, the matrix is also written into ``adata`` (``key`` is still accepted for one
+        release, with a ``FutureWarning``). Default ``None``: nothing is written.
+    layer, batch_size, device, tokens, encode_kwargs, progress
+        As in :func:`embed` (used by ``kind="contextual"`` only).
+    gene_key
+        ``var`` column with the gene identifiers (default ``var_names``).
+    check_coverage
+        As in :func:`embed`: passed to ``tokenizer.encode`` for ``kind="contextual"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``n_vars x n_embd``, rows in the order of ``adata.var_names``; genes outside the
+        vocabulary (or never seen, for ``"contextual"``) are NaN. The table is the result; with
+        ``key_added`` it is also written to:
+
+        - ``varm[key_added]``: the same matrix;
+        - ``var[key_added + "_n_cells"]`` (``"contextual"`` only): in how many cells each gene was
+          tokenized.
     """
     if kind not in ("static", "contextual"):
         raise ValueError(f"kind={kind!r}; use 'static' or 'contextual'.")
@@ -173,11 +218,11 @@ def gene_embeddings(adata, model, tokenizer, kind: str = "static", key: str | No
         out[known] = table[gene_ids[known]]
     else:
         device = get_device(device) if not isinstance(device, torch.device) else device
-        cells, _ = _tokens_for(adata, model, tokenizer, tokens, encode_kwargs)
+        cells, _ = _tokens_for(adata, model, tokenizer, tokens, encode_kwargs, check_coverage)
         V = model.config.vocab_size
         total = torch.zeros(V, D, dtype=torch.float64)                         # (V, D) running sums
         seen = torch.zeros(V, dtype=torch.float64)                              # (V,) occurrences
-        special = torch.tensor(_special_ids(tokenizer, model))
+        special = torch.tensor(special_token_ids(tokenizer, model))
         pad_id = getattr(tokenizer.vocab, "pad_id", None) or model.config.pad_token_id
         was_training = model.training
         model.eval().to(device)
@@ -194,8 +239,8 @@ def gene_embeddings(adata, model, tokenizer, kind: str = "static", key: str | No
         out[hit] = mean[gene_ids[hit]]
         counts[known] = seen.numpy()[gene_ids[known]].astype(np.int64)
     frame = pd.DataFrame(out, index=pd.Index(adata.var_names, name=adata.var_names.name))
-    if key is not None:
-        adata.varm[key] = out
+    if key_added is not None:
+        adata.varm[key_added] = out
         if kind == "contextual":
-            adata.var[f"{key}_n_cells"] = counts
+            adata.var[f"{key_added}_n_cells"] = counts
     return frame
