@@ -117,7 +117,7 @@ def test_map_query_leaves_the_reference_frozen(mapped):
 
 def test_label_transfer_to_the_mapped_query(mapped):
     ref, query, _, _, _ = mapped
-    pred = tl.transfer_labels(ref, query, key="X_scvi", label_key="cell_type", k=15)
+    pred = tl.transfer_labels(ref, query, embed_key="X_scvi", label_key="cell_type", k=15)
     acc = (pred.to_numpy() == query.obs["cell_type"].astype(str).to_numpy()).mean()
     assert acc > 0.85
     assert query.obs["cell_type_pred_confidence"].between(0, 1).all()

@@ -11,6 +11,13 @@ zero-shot foundation-model embeddings, so they must be in the table):
   or a query mapped onto a reference with :func:`tflib.tl.map_query`);
 * :func:`evaluate_predictions` -- accuracy, macro-F1 (and, per class, recall) with
   :func:`tflib.stats.bootstrap_ci`; the Transcriptformer rows of chapter 07 use it too.
+
+The expression baselines read log-normalised values from ``layers["lognorm"]`` by default. When
+that layer is absent it is computed on the fly from the raw counts (``layers["counts"]`` if
+present, else ``X``): each cell scaled to 10,000 counts, then ``log1p`` -- the same values as
+Seurat's and scanpy's ``normalize_total(target_sum=1e4)`` + ``log1p``. The result is used and
+discarded; the user's AnnData is never modified. Input that is not raw counts (checked in full)
+gets an error naming the one-line fix instead.
 """
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
+from tflib._compat import dense, renamed_kwargs
 from tflib.tl.splits import Split, check_class_sizes, check_split
 
 __all__ = [
@@ -31,17 +40,56 @@ __all__ = [
 ]
 
 
-def _dense(X):
-    return X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+#: The layer the baselines read by default, computed from counts when absent.
+LOGNORM = "lognorm"
+#: Counts per cell after scaling, before ``log1p`` (Seurat's and scanpy's usual 1e4).
+TARGET_SUM = 1e4
+
+
+def lognorm_from_counts(counts, target_sum: float = TARGET_SUM):
+    """``log1p(counts / cell total * target_sum)`` as a new float64 matrix (sparse stays sparse).
+
+    Cells without counts stay all-zero. ``counts`` itself is not modified.
+    """
+    if sp.issparse(counts):
+        M = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+        totals = np.asarray(M.sum(axis=1)).ravel()
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        M = sp.csr_matrix(sp.diags(scale) @ M)
+        np.log1p(M.data, out=M.data)
+        return M
+    M = np.array(counts, dtype=np.float64, copy=True)
+    totals = M.sum(axis=1, keepdims=True)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    return np.log1p(M * scale)
 
 
 def _matrix(adata, layer):
-    if layer is not None and layer not in adata.layers:
+    """The matrix the baselines read: ``X``, ``layers[layer]``, or a computed ``"lognorm"``."""
+    if layer is None:
+        return adata.X
+    if layer in adata.layers:
+        return adata.layers[layer]
+    have = list(adata.layers.keys())
+    if layer != LOGNORM:
         raise KeyError(
-            f"adata.layers has no {layer!r} (has {list(adata.layers.keys())}). Pass layer=None to "
-            "use X, which must then hold log-normalised values."
+            f"adata.layers has no {layer!r} (has {have}). Fix: pass the name of the layer with "
+            f"log-normalised values, layer={LOGNORM!r} (computed from raw counts when absent), or "
+            "layer=None to use X as it is."
         )
-    return adata.layers[layer] if layer is not None else adata.X
+    from tflib.validation import CountsError, check_counts
+
+    source = "counts" if "counts" in adata.layers else None
+    where = f"adata.layers[{source!r}]" if source else "adata.X"
+    try:
+        check_counts(adata, layer=source)
+    except CountsError as err:
+        raise KeyError(
+            f"adata.layers has no {LOGNORM!r} (has {have}), and it cannot be computed because {where} does "
+            f"not hold raw counts ({err}). Fix, if {where} is already log-normalised: "
+            f"adata.layers[{LOGNORM!r}] = {where}.copy() -- or pass layer=None to use X as it is."
+        ) from None
+    return lognorm_from_counts(adata.layers[source] if source else adata.X)
 
 
 class PcaLogreg:
@@ -62,21 +110,29 @@ class PcaLogreg:
                 f"missing (e.g. {missing[:5].tolist()}). Fix: predict on data with the training "
                 "genes (same identifiers), or retrain on the shared genes."
             )
-        X = _dense(_matrix(adata[:, self.genes], layer)).astype(np.float64)
+        cols = adata.var_names.get_indexer(self.genes)
+        X = dense(_columns(_matrix(adata, layer), cols))
         return self.pca.transform(np.clip(self.scaler.transform(X), -10, 10))
 
-    def predict_proba(self, adata, layer="lognorm"):
+    def predict_proba(self, adata, layer=LOGNORM):
+        """Class probabilities (columns in the order of ``classes_``); ``layer`` as in :func:`pca_logreg`."""
         return self.clf.predict_proba(self._features(adata, layer))
 
-    def predict(self, adata, layer="lognorm"):
+    def predict(self, adata, layer=LOGNORM):
+        """Predicted labels; ``layer`` as in :func:`pca_logreg` (``"lognorm"`` computed if absent)."""
         return self.clf.predict(self._features(adata, layer))
+
+
+def _columns(M, cols):
+    """Columns ``cols`` of a dense or sparse matrix (after the full rows were normalised)."""
+    return M[:, cols]
 
 
 def pca_logreg(
     train,
     label_key: str,
     *,
-    layer: str | None = "lognorm",
+    layer: str | None = LOGNORM,
     n_top_genes: int = 2000,
     n_pcs: int = 50,
     class_weight: str | None = "balanced",
@@ -93,6 +149,11 @@ def pca_logreg(
     ----------
     train
         Training cells with log-normalised values in ``layers[layer]`` (or ``X`` if ``None``).
+    layer
+        Default ``"lognorm"``. If ``train`` has no such layer, it is computed from the raw counts
+        (``layers["counts"]`` if present, else ``X``; every value checked) as
+        ``log1p(counts / cell total * 1e4)`` on a copy: ``train`` is never modified. Input that is
+        not raw counts raises an error naming the one-line fix.
     label_key
         ``obs`` column with the cell type. Every class needs at least 2 training cells.
     n_top_genes, n_pcs
@@ -105,7 +166,8 @@ def pca_logreg(
     Returns
     -------
     PcaLogreg
-        With ``predict(adata, layer)`` and ``predict_proba(adata, layer)``.
+        The fitted model (the purpose of this function; nothing is written to ``train``), with
+        ``predict(adata, layer)`` and ``predict_proba(adata, layer)``.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -128,14 +190,15 @@ def _fit_pca_features(train, layer, n_top_genes, n_pcs, seed):
     from sklearn.preprocessing import StandardScaler
 
     X = _matrix(train, layer)
-    tmp = ad.AnnData(X=X.copy(), var=pd.DataFrame(index=train.var_names))
     n_top = int(min(n_top_genes, train.n_vars))
     if n_top < train.n_vars:
+        tmp = ad.AnnData(X=X.copy(), var=pd.DataFrame(index=train.var_names))
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat")
-        genes = train.var_names[tmp.var["highly_variable"].to_numpy()]
+        keep = tmp.var["highly_variable"].to_numpy()
     else:
-        genes = train.var_names
-    Xg = _dense(_matrix(train[:, genes], layer)).astype(np.float64)
+        keep = np.ones(train.n_vars, dtype=bool)
+    genes = train.var_names[keep]
+    Xg = dense(_columns(X, np.flatnonzero(keep)))
     scaler = StandardScaler().fit(Xg)
     Z = np.clip(scaler.transform(Xg), -10, 10)
     n_comp = int(min(n_pcs, Z.shape[0] - 1, Z.shape[1]))
@@ -143,37 +206,58 @@ def _fit_pca_features(train, layer, n_top_genes, n_pcs, seed):
     return np.asarray(genes), scaler, pca
 
 
+@renamed_kwargs(key="key_added")
 def project_pca(
     reference,
     query,
     *,
-    layer: str | None = "lognorm",
+    layer: str | None = LOGNORM,
     n_top_genes: int = 2000,
     n_pcs: int = 30,
     seed: int = 0,
-    key: str = "X_pca_ref",
+    key_added: str = "X_pca_ref",
 ) -> None:
-    """Fit HVGs + scaling + PCA on the reference and project both onto it (``obsm[key]``).
+    """Fit HVGs + scaling + PCA on the reference and project both onto it (chapter 02).
 
-    The linear counterpart of :func:`tflib.tl.map_query` (chapter 02): the query is placed in
-    the reference's PCA space without refitting anything, so kNN label transfer in
-    ``obsm[key]`` is a fair baseline for scArches-style mapping. Nothing corrects the batch
+    The linear counterpart of :func:`tflib.tl.map_query`: the query is placed in the
+    reference's PCA space without refitting anything, so kNN label transfer in
+    ``obsm[key_added]`` is a fair baseline for scArches-style mapping. Nothing corrects the batch
     effect between the two.
+
+    Parameters
+    ----------
+    reference, query
+        AnnData objects with the same gene identifiers (the query needs the reference's HVGs).
+    layer
+        As in :func:`pca_logreg` (``"lognorm"`` is computed from raw counts when absent,
+        without modifying either object).
+    n_top_genes, n_pcs, seed
+        HVGs kept, principal components and the PCA solver's seed.
+    key_added
+        ``obsm`` key written in both objects (``key`` is still accepted for one release).
+
+    Returns
+    -------
+    None
+        Writes ``reference.obsm[key_added]`` and ``query.obsm[key_added]`` (cells x PCs), both only
+        after both projections succeeded.
     """
     genes, scaler, pca = _fit_pca_features(reference, layer, n_top_genes, n_pcs, seed)
     proj = PcaLogreg(genes, scaler, pca, None)
-    reference.obsm[key] = proj._features(reference, layer)
-    query.obsm[key] = proj._features(query, layer)
+    ref_pcs, query_pcs = proj._features(reference, layer), proj._features(query, layer)
+    reference.obsm[key_added] = ref_pcs
+    query.obsm[key_added] = query_pcs
 
 
+@renamed_kwargs(key="embed_key", result_key="key_added")
 def transfer_labels(
     reference,
     query,
     *,
-    key: str = "X_scvi",
+    embed_key: str = "X_scvi",
     label_key: str = "cell_type",
     k: int = 15,
-    result_key: str | None = None,
+    key_added: str | None = None,
 ) -> pd.Series:
     """Label query cells by a majority vote of their ``k`` nearest reference cells.
 
@@ -183,32 +267,38 @@ def transfer_labels(
     Parameters
     ----------
     reference, query
-        AnnData objects sharing an embedding in ``obsm[key]`` (same dimensions, same space --
+        AnnData objects sharing an embedding in ``obsm[embed_key]`` (same dimensions, same space --
         e.g. a reference from :func:`tflib.tl.scvi_integrate` and a query from
         :func:`tflib.tl.map_query`). They may be the same object's train/test views.
-    key
-        The ``obsm`` embedding.
+    embed_key
+        The ``obsm`` embedding read in both (``key`` is still accepted for one release).
     label_key
         Reference ``obs`` column to transfer. Every class needs at least 2 reference cells.
     k
         Neighbours per vote (capped at the reference size).
-    result_key
-        Write ``query.obs[result_key]`` (prediction) and ``query.obs[result_key + "_confidence"]``
-        (fraction of the k neighbours that agree). Default ``f"{label_key}_pred"``.
+    key_added
+        Prefix of the columns written into the query (``result_key`` is still accepted for one
+        release). Default ``f"{label_key}_pred"``.
 
     Returns
     -------
     pandas.Series
-        Predicted labels, indexed by the query's ``obs_names``.
+        Predicted labels, indexed by the query's ``obs_names`` (the table is the result). Also
+        written into the query (the reference is not modified):
+
+        - ``query.obs[key_added]``: the predicted label (categorical);
+        - ``query.obs[key_added + "_confidence"]``: the fraction of the k neighbours that agree.
     """
     from sklearn.neighbors import KNeighborsClassifier
 
     for name, a in (("reference", reference), ("query", query)):
-        if key not in a.obsm:
-            raise KeyError(f"The {name} has no obsm[{key!r}] (has {list(a.obsm.keys())}).")
+        if embed_key not in a.obsm:
+            raise KeyError(f"The {name} has no obsm[{embed_key!r}] (has {list(a.obsm.keys())}). Fix: compute "
+                           "the embedding first (e.g. tl.scvi_integrate / tl.map_query / tl.embed) or pass "
+                           "embed_key= naming one that exists.")
     if label_key not in reference.obs:
         raise KeyError(f"The reference has no obs[{label_key!r}] to transfer.")
-    R, Q = np.asarray(reference.obsm[key]), np.asarray(query.obsm[key])
+    R, Q = np.asarray(reference.obsm[embed_key]), np.asarray(query.obsm[embed_key])
     if R.shape[1] != Q.shape[1]:
         raise ValueError(
             f"The reference embedding has {R.shape[1]} dimensions and the query {Q.shape[1]}: they "
@@ -219,10 +309,10 @@ def transfer_labels(
     knn = KNeighborsClassifier(n_neighbors=int(min(k, R.shape[0]))).fit(R, y)
     proba = knn.predict_proba(Q)
     pred = knn.classes_[proba.argmax(axis=1)]
-    result_key = result_key or f"{label_key}_pred"
-    query.obs[result_key] = pd.Categorical(pred)
-    query.obs[f"{result_key}_confidence"] = proba.max(axis=1)
-    return pd.Series(pred, index=query.obs_names, name=result_key)
+    key_added = key_added or f"{label_key}_pred"
+    query.obs[key_added] = pd.Categorical(pred)
+    query.obs[f"{key_added}_confidence"] = proba.max(axis=1)
+    return pd.Series(pred, index=query.obs_names, name=key_added)
 
 
 def evaluate_predictions(
@@ -279,7 +369,7 @@ def baseline_classifiers(
     label_key: str,
     split: Split,
     *,
-    layer: str | None = "lognorm",
+    layer: str | None = LOGNORM,
     embed_key: str | None = None,
     k: int = 15,
     n_top_genes: int = 2000,
@@ -288,9 +378,9 @@ def baseline_classifiers(
     seed: int = 0,
     key_added: str = "baseline",
 ) -> pd.DataFrame:
-    """Train and score the model-free annotation baselines on one explicit split.
+    """Train and score the model-free annotation baselines on one explicit split (chapters 02 and 07).
 
-    Used in chapters 02 and 07. The split is checked for leaks first.
+    The split is checked for leaks first.
 
     * ``"PCA + logistic regression"`` (always): :func:`pca_logreg` on the training cells.
     * ``"kNN on <embed_key>"`` (if ``embed_key`` is given): :func:`transfer_labels` from the
@@ -298,32 +388,57 @@ def baseline_classifiers(
       fitted with the test labels; scVI never sees labels, and for a strict split fit it on the
       training cells and map the test cells with :func:`tflib.tl.map_query`.
 
-    Predictions are written to ``adata.obs[f"{key_added}_<short name>"]`` for the test cells.
+    Parameters
+    ----------
+    adata
+        All cells; ``split`` names the training and test cells.
+    label_key
+        ``obs`` column with the cell type.
+    split
+        An explicit :class:`~tflib.tl.Split` (:func:`tflib.tl.make_split`).
+    layer
+        As in :func:`pca_logreg`: default ``"lognorm"``, computed from raw counts (on a copy)
+        when ``adata`` has no such layer.
+    embed_key
+        ``obsm`` embedding for the kNN baseline (none if ``None``).
+    k, n_top_genes, n_pcs
+        Neighbours of the kNN vote; HVGs and PCs of the PCA baseline.
+    n_boot, seed
+        Bootstrap resamples of the intervals and the seed of everything random.
+    key_added
+        Prefix of the ``obs`` columns written.
 
     Returns
     -------
     pandas.DataFrame
-        Long table, columns ``method, metric, estimate, low, high, n_cells``.
+        Long table, columns ``method, metric, estimate, low, high, n_cells`` (the result). The
+        test cells' predictions are also written, once every baseline has run (NaN for training
+        cells):
+
+        - ``obs[key_added + "_pca_logreg"]``;
+        - ``obs[key_added + "_knn_" + embed_key]`` (with ``embed_key``).
     """
-    check_split(adata, split)
+    check_split(adata, split=split)
+    if label_key not in adata.obs:
+        raise KeyError(f"adata.obs has no column {label_key!r} (label_key); columns: {list(adata.obs.columns)}.")
     train_mask, test_mask = split.masks(adata)
     train, test = adata[train_mask], adata[test_mask]
     y_test = test.obs[label_key].astype(str).to_numpy()
-    tables = []
+    tables, columns = [], {}
 
     model = pca_logreg(train, label_key, layer=layer, n_top_genes=n_top_genes, n_pcs=n_pcs, seed=seed)
     pred = model.predict(test, layer=layer)
-    col = f"{key_added}_pca_logreg"
-    adata.obs[col] = pd.Series(pred, index=test.obs_names).reindex(adata.obs_names).astype("category")
+    columns[f"{key_added}_pca_logreg"] = pred
     tables.append(evaluate_predictions(y_test, pred, method="PCA + logistic regression",
                                        n_boot=n_boot, seed=seed))
 
     if embed_key is not None:
         test_copy = test.copy()
-        pred = transfer_labels(train, test_copy, key=embed_key, label_key=label_key, k=k,
-                               result_key="_knn").to_numpy()
-        col = f"{key_added}_knn_{embed_key}"
-        adata.obs[col] = pd.Series(pred, index=test.obs_names).reindex(adata.obs_names).astype("category")
+        pred = transfer_labels(train, test_copy, embed_key=embed_key, label_key=label_key, k=k,
+                               key_added="_knn").to_numpy()
+        columns[f"{key_added}_knn_{embed_key}"] = pred
         tables.append(evaluate_predictions(y_test, pred, method=f"kNN on {embed_key}",
                                            n_boot=n_boot, seed=seed))
+    for col, values in columns.items():
+        adata.obs[col] = pd.Series(values, index=test.obs_names).reindex(adata.obs_names).astype("category")
     return pd.concat(tables, ignore_index=True)
