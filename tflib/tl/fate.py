@@ -29,19 +29,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["NoTerminalStateError", "fates", "fate_probs_frame"]
+from tflib._compat import renamed_kwargs
+from tflib.tl import fate_checks as checks
+from tflib.tl.fate_checks import DisconnectedGraphError, FateWarning, NoTerminalStateError
+
+__all__ = ["DisconnectedGraphError", "FateWarning", "NoTerminalStateError", "fates", "fate_probs_frame"]
 
 
-class NoTerminalStateError(RuntimeError):
-    """GPCCA produced no usable terminal state; the message lists the settings to try next."""
-
-
-def _next_steps(
-    n_states_used: int | None, velocity_weight: float, cluster_key: str | None, top_stability: float | None = None
-) -> str:
-    bar = f"{max(0.5, np.floor(top_stability * 100) / 100 - 0.01):.2f}" if top_stability is not None else "0.9"
+def _next_steps(n_states_used: int | None, velocity_weight: float, cluster_key: str | None, bar: str | None) -> str:
+    """The settings to try next; ``bar`` is a stability threshold computed from the observed stabilities."""
     more = f"n_states={n_states_used + 1}" if n_states_used else "a larger n_states"
     vw = 0.5 if velocity_weight > 0.5 else 0.8
+    lower = (
+        f"stability_threshold={bar} (the most stable remaining macrostate passes it)"
+        if bar is not None
+        else "a lower stability_threshold (no valid stability lies below the current one)"
+    )
     clusters = (
         f"terminal_states={{'<fate>': '<label in adata.obs[{cluster_key!r}]>', ...}}"
         if cluster_key
@@ -50,7 +53,7 @@ def _next_steps(
     return (
         "Settings to try next: (1) more macrostates, e.g. " + more + " (macrostates split and "
         "stable end points separate from transient ones); (2) a lower stability bar, e.g. "
-        f"stability_threshold={bar}, or n_terminal=<number of fates> to keep the most stable "
+        f"{lower}, or n_terminal=<number of fates> to keep the most stable "
         "macrostates; (3) a different kernel mix, e.g. velocity_weight=" + f"{vw}, "
         f"connectivity_weight={1 - vw:.1f}; (4) give the terminal states by cluster: " + clusters + "."
     )
@@ -70,77 +73,7 @@ def _delineage(adata) -> None:
             adata.obsm[key] = _plain(adata.obsm[key])
 
 
-def _resolve_terminal_states(estimator, adata, terminal_states, cluster_key, n_cells, hint) -> str:
-    """Set the terminal states the caller asked for; return how they were chosen."""
-    macro = [str(m) for m in estimator.macrostates.cat.categories]
-    if isinstance(terminal_states, str):
-        terminal_states = [terminal_states]
-    clusters = None
-    if cluster_key is not None:
-        if cluster_key not in adata.obs:
-            raise KeyError(f"adata.obs has no column {cluster_key!r} (cluster_key).")
-        clusters = adata.obs[cluster_key].astype(str)
-
-    if isinstance(terminal_states, Mapping):
-        if clusters is None:
-            raise ValueError(
-                "terminal_states given as a mapping {state: cluster label(s)} needs cluster_key, the "
-                "adata.obs column that holds those labels."
-            )
-        mapping = {}
-        for state, labels in terminal_states.items():
-            labels = [labels] if isinstance(labels, str) else list(labels)
-            cells = adata.obs_names[clusters.isin([str(lbl) for lbl in labels]).to_numpy()]
-            if len(cells) == 0:
-                raise NoTerminalStateError(
-                    f"Terminal state {state!r}: no cell has {cluster_key!r} in {labels}. Known labels: "
-                    f"{sorted(clusters.unique())}. " + hint
-                )
-            mapping[str(state)] = list(cells)
-        estimator.set_terminal_states(mapping)
-        return "clusters"
-
-    if isinstance(terminal_states, Sequence):
-        wanted = [str(s) for s in terminal_states]
-        if not wanted:
-            raise NoTerminalStateError("terminal_states is empty. " + hint)
-        if all(s in macro for s in wanted):
-            estimator.set_terminal_states(wanted, n_cells=n_cells)
-            return "macrostates"
-        if clusters is not None and all(s in set(clusters) for s in wanted):
-            mapping = {s: list(adata.obs_names[(clusters == s).to_numpy()]) for s in wanted}
-            estimator.set_terminal_states(mapping)
-            return "clusters"
-        unknown = [s for s in wanted if s not in macro and (clusters is None or s not in set(clusters))]
-        known_clusters = "" if clusters is None else f" or clusters {sorted(clusters.unique())}"
-        raise NoTerminalStateError(
-            f"Requested terminal states {unknown} match no macrostate (macrostates: {macro}){known_clusters}. "
-            + hint
-        )
-    raise TypeError(
-        "terminal_states must be None, a list of macrostate or cluster names, or a mapping "
-        f"{{state: cluster label(s)}}; got {type(terminal_states).__name__}."
-    )
-
-
-def _check_kernel(kernel, adata) -> None:
-    """A kernel passed to :func:`fates` must be computed, row-stochastic and built on ``adata``."""
-    if getattr(kernel, "adata", None) is not adata:
-        raise ValueError(
-            "The kernel was built on a different AnnData object than the one passed to fates; GPCCA writes its "
-            "results to the kernel's AnnData. Fix: build the kernel on this adata "
-            "(e.g. `kernel = tflib.tl.embedding_kernel(adata)`), then call `fates(adata, kernel=kernel)`."
-        )
-    try:
-        T = kernel.transition_matrix
-    except Exception as err:  # CellRank raises when nothing was computed yet
-        raise ValueError(
-            "The kernel has no transition matrix yet. Fix: call `kernel.compute_transition_matrix()` first."
-        ) from err
-    if T is None or T.shape != (adata.n_obs, adata.n_obs):
-        raise ValueError(f"The kernel's transition matrix must be {adata.n_obs} x {adata.n_obs} (cells x cells).")
-
-
+@renamed_kwargs(key="key_added")
 def fates(
     adata,
     *,
@@ -159,6 +92,8 @@ def fates(
     softmax_scale: float | None = None,
     seed: int = 0,
     kernel=None,
+    key_added: str = "fate_probs",
+    verbose: bool = False,
 ):
     """Fate probabilities with CellRank 2: velocity + connectivity kernel, GPCCA, terminal states.
 
@@ -167,7 +102,17 @@ def fates(
     terminal states are predicted (macrostates whose probability of staying, the diagonal of
     the coarse transition matrix, is at least ``stability_threshold``; or the ``n_terminal``
     most stable ones) or given by the caller; CellRank then solves for the probability that a
-    random walk from each cell is absorbed in each terminal state (chapter 09).
+    random walk from each cell is absorbed in each terminal state (chapter 09; chapter 10 runs
+    it on a Transcriptformer kernel).
+
+    Checked before the slow part: the cell graph is connected (else
+    :class:`~tflib.tl.fate_checks.DisconnectedGraphError`, with the component sizes), the
+    numbers of states and cells are possible, ``cluster_key`` exists. Checked after GPCCA, with a
+    :class:`~tflib.tl.fate_checks.FateWarning`: a terminal state where the flow starts (coarse
+    inflow far below outflow, e.g. a self-renewing progenitor pool), clusters that no terminal
+    state represents but that one absorbs almost entirely, fewer terminal states than
+    ``n_terminal``. Stabilities outside [0, 1] (tiny data) are refused when terminal states are
+    predicted from them. A failed call leaves ``adata`` as it was.
 
     Parameters
     ----------
@@ -183,25 +128,31 @@ def fates(
     terminal_states
         ``None`` (predict them), a list of macrostate names (as in ``.obs["macrostate"]``), a list
         of cluster labels of ``cluster_key`` or a mapping ``{state name: cluster label(s)}``; a
-        cluster-given state uses all cells of those clusters as its end point.
+        cluster-given state uses all cells of those clusters as its end point. A list whose names
+        are all macrostates is read as macrostates (their ``n_cells`` most typical cells), even
+        when clusters carry the same names; the mapping form always means whole clusters.
     cluster_key
-        ``.obs`` column used to name macrostates after clusters and to resolve cluster labels.
+        ``.obs`` column used to name macrostates after clusters, to resolve cluster labels and to
+        check that every annotated fate has a terminal state of its own.
     n_cells
-        Cells per macrostate/terminal state (the most typical ones by membership).
+        Cells per macrostate/terminal state (the most typical ones by membership); at most
+        ``n_obs // n_states``.
     n_terminal
-        Keep this many of the most stable macrostates as terminal states instead of the
+        Keep this many (>= 1) of the most stable macrostates as terminal states instead of the
         stability threshold.
     n_initial
         Exclude this many macrostates from the terminal candidates: those with the smallest coarse
         stationary probability (CellRank's initial-state heuristic), written to
         ``.obs["initial_state"]``. Use 1 when a self-renewing progenitor pool is itself a stable
-        macrostate (as in the course simulator); it would otherwise pass as a terminal state.
+        macrostate (as in the course simulator); it would otherwise pass as a terminal state, and
+        a :class:`~tflib.tl.fate_checks.FateWarning` says so.
     stability_threshold
         Minimum self-transition probability of a terminal macrostate (``n_terminal=None``).
     use_petsc, solver, tol
         Passed to ``compute_fate_probabilities``; the default avoids needing PETSc.
     softmax_scale
-        Velocity kernel's softmax scale; ``None`` lets CellRank estimate it.
+        Velocity kernel's softmax scale; ``None`` estimates it as CellRank does (one over the
+        median absolute logit).
     seed
         Seeds NumPy and CellRank; the same seed and input give the same probabilities.
     kernel
@@ -210,22 +161,43 @@ def fates(
         the velocity checks and the kernel building are skipped (``velocity_weight``,
         ``connectivity_weight`` and ``softmax_scale`` are ignored) and the same GPCCA, terminal
         state and fate steps run on it.
+    key_added
+        Name of the fate-probability matrix in ``.obsm`` (and prefix of its ``.uns`` names and
+        colours). ``key=`` is accepted for one release.
+    verbose
+        Show CellRank's progress bars and its notices about PETSc (missing PETSc is expected with
+        ``use_petsc=False``); other CellRank warnings are always shown.
 
     Returns
     -------
-    The fitted :class:`cellrank.estimators.GPCCA` (for plots and :func:`tflib.tl.fate_drivers`).
-    The keys written to ``adata`` are listed in the module docstring.
+    cellrank.estimators.GPCCA
+        The fitted estimator (for plots, ``coarse_T`` and :func:`tflib.tl.fate_drivers`): the verb
+        works in place on ``adata`` and returns the model, like ``scvi_integrate``. Keys written:
+
+        - ``.obsm[key_added]``: cells × terminal states, float64, rows sum to 1;
+        - ``.uns[key_added + "_names"]``, ``.uns[key_added + "_colors"]``;
+        - ``.obs["macrostate"]``, ``.obs["terminal_state"]`` (categorical, NaN outside the
+          ``n_cells`` most typical cells), ``.obs["initial_state"]`` (with ``n_initial``);
+        - ``.uns["tflib_fates"]``: settings and diagnostics (stabilities, coarse inflow/outflow,
+          warnings raised, versions);
+        - CellRank's own keys (``.obsp["T_fwd"]``, ``.obs``/``.obsm``/``.uns`` entries ending in
+          ``_fwd``), see the module docstring.
 
     Raises
     ------
     NoTerminalStateError
-        No macrostate qualifies as terminal, or requested states match nothing. The message
-        names the settings to try next.
+        No macrostate qualifies as terminal, requested states match nothing, or the stabilities
+        are not probabilities. The message names the settings to try next.
+    DisconnectedGraphError
+        The kNN graph (or the kernel) has several connected components.
+    ValueError, KeyError
+        Impossible numbers of states or cells, or an unknown ``cluster_key`` (CellRank's own
+        errors of this kind are re-raised naming tflib's parameters).
     """
     import cellrank as cr
 
     if kernel is not None:
-        _check_kernel(kernel, adata)
+        checks.check_kernel(kernel, adata)
     elif "velocity" not in adata.layers or "Ms" not in adata.layers or "connectivities" not in adata.obsp:
         raise ValueError(
             "fates needs RNA velocity and a kNN graph (layers 'velocity' and 'Ms', obsp 'connectivities'): "
@@ -234,41 +206,50 @@ def fates(
     if kernel is None and (velocity_weight < 0 or connectivity_weight < 0
                            or velocity_weight + connectivity_weight <= 0):
         raise ValueError("velocity_weight and connectivity_weight must be >= 0 and not both 0.")
-    if isinstance(terminal_states, Mapping) and cluster_key is not None:  # fail before the slow part
-        if cluster_key not in adata.obs:
-            raise KeyError(f"adata.obs has no column {cluster_key!r} (cluster_key).")
-        known = set(adata.obs[cluster_key].astype(str))
-        for state, labels in terminal_states.items():
-            labels = [labels] if isinstance(labels, str) else list(labels)
-            if not known.intersection(str(lbl) for lbl in labels):
-                raise NoTerminalStateError(
-                    f"Terminal state {state!r}: no cell has {cluster_key!r} in {labels}. Known labels: "
-                    f"{sorted(known)}. Give existing cluster labels, or leave terminal_states=None to predict them."
-                )
-    if (
-        cluster_key is not None
-        and cluster_key in adata.obs
-        and isinstance(terminal_states, (str, Sequence))
-        and not isinstance(terminal_states, Mapping)
-    ):  # with cluster_key, macrostates are named "<cluster>" or "<cluster>_<k>": check before the slow part
-        known = set(adata.obs[cluster_key].astype(str))
-        wanted = [terminal_states] if isinstance(terminal_states, str) else [str(t) for t in terminal_states]
-        unknown = [t for t in wanted if t not in known and t.rsplit("_", 1)[0] not in known]
-        if unknown:
-            raise NoTerminalStateError(
-                f"Requested terminal states {unknown} match no macrostate or cluster of {cluster_key!r} "
-                f"(clusters: {sorted(known)}; macrostates are named after them, e.g. '<cluster>_1'). "
-                "Give existing names, or leave terminal_states=None to predict them."
-            )
-    np.random.seed(seed)
+    checks.check_counts(n_states=n_states, n_terminal=n_terminal, n_initial=n_initial, n_cells=n_cells,
+                        stability_threshold=stability_threshold, n_obs=adata.n_obs)
+    checks.check_cluster_key(adata, cluster_key)
+    checks.check_connected(adata, kernel)
+    checks.check_requested_states(adata, terminal_states, cluster_key)
 
+    with checks.rollback_on_error(adata), checks.quiet_cellrank(verbose):
+        try:
+            return _run_fates(
+                cr, adata, velocity_weight=velocity_weight, connectivity_weight=connectivity_weight,
+                n_states=n_states, terminal_states=terminal_states, cluster_key=cluster_key, n_cells=n_cells,
+                n_terminal=n_terminal, n_initial=n_initial, stability_threshold=stability_threshold,
+                use_petsc=use_petsc, solver=solver, tol=tol, softmax_scale=softmax_scale, seed=seed,
+                kernel=kernel, key_added=key_added, verbose=verbose,
+            )
+        except (ValueError, KeyError) as err:
+            if isinstance(err, NoTerminalStateError):
+                raise
+            better = checks.translate_cellrank_error(err, n_cells=n_cells, cluster_key=cluster_key, n_states=n_states)
+            if better is None:
+                raise
+            raise better from err
+
+
+def _velocity_kernel(cr, adata, softmax_scale, seed, verbose):
+    """CellRank's deterministic velocity kernel; the softmax scale is estimated without a progress bar."""
+    vk = cr.kernels.VelocityKernel(adata)
+    if softmax_scale is None:  # CellRank's estimate (1 / median |logit| at scale 1), computed quietly
+        vk.compute_transition_matrix(model="deterministic", softmax_scale=1.0, seed=seed,
+                                     show_progress_bar=verbose)
+        logits = vk.logits
+        softmax_scale = 1.0 / float(np.median(np.abs(logits.data if hasattr(logits, "data") else logits)))
+    return vk.compute_transition_matrix(model="deterministic", softmax_scale=softmax_scale, seed=seed,
+                                        show_progress_bar=verbose)
+
+
+def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, terminal_states, cluster_key,
+               n_cells, n_terminal, n_initial, stability_threshold, use_petsc, solver, tol, softmax_scale,
+               seed, kernel, key_added, verbose):
+    np.random.seed(seed)
     given = kernel is not None
     kernels = []
     if velocity_weight > 0 and not given:
-        vk = cr.kernels.VelocityKernel(adata).compute_transition_matrix(
-            model="deterministic", softmax_scale=softmax_scale, seed=seed, show_progress_bar=False
-        )
-        kernels.append(velocity_weight * vk)
+        kernels.append(velocity_weight * _velocity_kernel(cr, adata, softmax_scale, seed, verbose))
     if connectivity_weight > 0 and not given:
         ck = cr.kernels.ConnectivityKernel(adata).compute_transition_matrix()
         kernels.append(connectivity_weight * ck)
@@ -278,37 +259,43 @@ def fates(
     kernel.write_to_adata()  # .obsp["T_fwd"]: lets GPCCA.from_adata rebuild the estimator
 
     g = cr.estimators.GPCCA(kernel)
-    try:
-        g.fit(n_states=n_states, cluster_key=cluster_key, n_cells=n_cells)
-    except ValueError as err:
-        if "Discretizing leads to a cluster" not in str(err):
-            raise
-        raise ValueError(
-            f"GPCCA could not form n_states={n_states} macrostates of n_cells={n_cells} cells each ({err}) "
-            "Ask for fewer macrostates (n_states), a smaller n_cells (e.g. 10), or more cells."
-        ) from err
+    g.fit(n_states=n_states, cluster_key=cluster_key, n_cells=n_cells)
     n_macro = len(g.macrostates.cat.categories)
     if g.coarse_T is not None:
         stability = {str(k): float(v) for k, v in zip(g.coarse_T.columns, np.diag(g.coarse_T))}
+        balance = checks.flow_balance(g.coarse_T)
     else:  # a single macrostate (CellRank uses the stationary distribution): it cannot be left
         stability = {str(k): 1.0 for k in g.macrostates.cat.categories}
-    hint = _next_steps(n_macro, velocity_weight, cluster_key, max(stability.values()))
+        balance = pd.DataFrame({"inflow": 0.0, "outflow": 0.0}, index=list(stability))
+    checks.check_stabilities(stability, predicting=terminal_states is None, n_obs=adata.n_obs, n_macro=n_macro)
+    hint = _next_steps(n_macro, velocity_weight, cluster_key,
+                      checks.suggest_threshold(stability.values(), below=stability_threshold))
 
     initial: list[str] = []
     if n_initial and n_macro > 1:
         g.predict_initial_states(n_states=int(n_initial), n_cells=n_cells)
         initial = [str(c) for c in g.initial_states.cat.categories]
+    issues: list[str] = []
     if terminal_states is None:
         candidates = pd.Series({k: v for k, v in stability.items() if k not in initial}, dtype=float)
         if n_terminal is not None:
             chosen = list(candidates.sort_values(ascending=False).index[: int(n_terminal)])
             how = f"top_{int(n_terminal)}_stable"
+            if len(chosen) < n_terminal:
+                issues.append("fewer_than_n_terminal")
+                warnings.warn(
+                    f"Asked for n_terminal={n_terminal} terminal states but only {len(chosen)} macrostates are "
+                    f"candidates ({n_macro} macrostates, {len(initial)} set aside as initial). Fix: "
+                    f"n_states={n_terminal + len(initial)} or more.",
+                    checks.FateWarning,
+                    stacklevel=3,
+                )
         else:
             chosen = list(candidates[candidates >= stability_threshold].index)
             how = f"stability>={stability_threshold}"
         if not chosen:
-            top = float(candidates.max()) if len(candidates) else None
-            hint = _next_steps(n_macro, velocity_weight, cluster_key, top)
+            hint = _next_steps(n_macro, velocity_weight, cluster_key,
+                              checks.suggest_threshold(candidates.values, below=stability_threshold))
             raise NoTerminalStateError(
                 f"No terminal state found: none of the {n_macro} macrostates"
                 + (f" (initial states {initial} excluded)" if initial else "")
@@ -317,29 +304,32 @@ def fates(
                 + "). "
                 + hint
             )
+        if checks.warn_origin_terminal(chosen, balance, how=how):
+            issues.append("terminal_state_at_origin")
         g.set_terminal_states(chosen, n_cells=n_cells)
     else:
-        how = _resolve_terminal_states(g, adata, terminal_states, cluster_key, n_cells, hint)
+        how = checks.resolve_terminal_states(g, adata, terminal_states, cluster_key, n_cells, hint)
     if g.terminal_states is None or len(g.terminal_states.cat.categories) == 0:
         raise NoTerminalStateError("No terminal state was set. " + hint)
 
     if len(g.terminal_states.cat.categories) == 1:
+        issues.append("one_terminal_state")
         warnings.warn(
             f"Only one terminal state ({g.terminal_states.cat.categories[0]!r}): every cell reaches it with "
             "probability 1. " + hint,
-            UserWarning,
-            stacklevel=2,
+            checks.FateWarning,
+            stacklevel=3,
         )
-    g.compute_fate_probabilities(use_petsc=use_petsc, solver=solver, tol=tol, show_progress_bar=False)
+    g.compute_fate_probabilities(use_petsc=use_petsc, solver=solver, tol=tol, show_progress_bar=verbose)
     lineage = g.fate_probabilities
     names = [str(n) for n in lineage.names]
     probs = _plain(lineage)
     probs = np.clip(probs, 0.0, None)
     probs /= probs.sum(axis=1, keepdims=True)  # CellRank's iterative solver leaves ~1e-6 residuals
 
-    adata.obsm["fate_probs"] = probs
-    adata.uns["fate_probs_names"] = names
-    adata.uns["fate_probs_colors"] = [str(c) for c in lineage.colors]
+    adata.obsm[key_added] = probs
+    adata.uns[f"{key_added}_names"] = names
+    adata.uns[f"{key_added}_colors"] = [str(c) for c in lineage.colors]
     adata.obs["macrostate"] = g.macrostates.astype("category")
     adata.obs["terminal_state"] = g.terminal_states.astype("category")
     if initial:
@@ -347,6 +337,8 @@ def fates(
     elif "initial_state" in adata.obs:
         del adata.obs["initial_state"]
     _delineage(adata)
+    if checks.warn_absorption(adata, probs, names, cluster_key):
+        issues.append("clusters_absorbed_by_other_state")
     adata.uns["tflib_fates"] = {
         "velocity_weight": float("nan") if given else float(velocity_weight),
         "connectivity_weight": float("nan") if given else float(connectivity_weight),
@@ -355,12 +347,16 @@ def fates(
         "n_macrostates": int(n_macro),
         "macrostates": list(stability),
         "macrostate_stability": list(stability.values()),
+        "macrostate_inflow": [float(v) for v in balance["inflow"]],
+        "macrostate_outflow": [float(v) for v in balance["outflow"]],
         "terminal_states": names,
         "terminal_states_from": how,
         "initial_states": initial,
         "stability_threshold": float(stability_threshold),
         "n_cells": int(n_cells),
         "cluster_key": cluster_key or "",
+        "key_added": key_added,
+        "warnings": issues,
         "use_petsc": bool(use_petsc),
         "seed": int(seed),
         "cellrank_version": str(cr.__version__),
