@@ -181,9 +181,13 @@ print(f"velocity + fates: {t_velo:.0f} s; terminal states:", velo.uns["fate_prob
 #
 # ````{admonition} Library code: tflib.tl.embedding_velocity
 # :class: dropdown
-# ```{literalinclude} ../tflib/tl/trajectory.py
+# ```{literalinclude} ../tflib/tl/embedding_flow.py
 # :language: python
 # :pyobject: embedding_velocity
+# ```
+# ```{literalinclude} ../tflib/tl/embedding_flow.py
+# :language: python
+# :pyobject: _extrapolate
 # ```
 # ````
 #
@@ -194,7 +198,7 @@ print(f"velocity + fates: {t_velo:.0f} s; terminal states:", velo.uns["fate_prob
 # %%
 t0 = time.perf_counter()
 common = dict(gene_key="tf_symbol", seed=SEED)
-truth_kw = dict(vkey="velocity_true", genes=None, key="X_tf_true", **common)
+truth_kw = dict(vkey="velocity_true", genes=None, key_added="X_tf_true", **common)
 for adata, method in [(emb_re, "extrapolate"), (emb_proj, "project")]:
     tflib.tl.embedding_velocity(adata, model, tokenizer, method=method, **common)
     tflib.tl.embedding_velocity(adata, model, tokenizer, method=method, velocity_key="velocity_tf_true", **truth_kw)
@@ -278,7 +282,7 @@ plt.show()
 #
 # ````{admonition} Library code: tflib.tl.embedding_kernel
 # :class: dropdown
-# ```{literalinclude} ../tflib/tl/trajectory.py
+# ```{literalinclude} ../tflib/tl/embedding_flow.py
 # :language: python
 # :pyobject: embedding_kernel
 # ```
@@ -622,11 +626,12 @@ plt.show()
 # for step, scheme in [(0.03, "central"), (0.1, "central"), (0.3, "central"), (0.1, "forward")]:
 #     b = velo.copy()
 #     kw = dict(gene_key="tf_symbol", step=step, scheme=scheme, seed=SEED)
-#     est = tflib.tl.embedding_velocity(b, model, tokenizer, **kw)
-#     tru = tflib.tl.embedding_velocity(b, model, tokenizer, vkey="velocity_true", genes=None,
-#                                       velocity_key="v_true", **kw)
+#     tflib.tl.embedding_velocity(b, model, tokenizer, **kw)
+#     tflib.tl.embedding_velocity(b, model, tokenizer, vkey="velocity_true", genes=None,
+#                                 velocity_key="v_true", **kw)
 #     b.layers["reversed"] = -np.asarray(b.layers["velocity"])
-#     rev = tflib.tl.embedding_velocity(b, model, tokenizer, vkey="reversed", velocity_key="v_rev", **kw)
+#     tflib.tl.embedding_velocity(b, model, tokenizer, vkey="reversed", velocity_key="v_rev", **kw)
+#     est, tru, rev = (b.obsm[k] for k in ("velocity_tf", "v_true", "v_rev"))
 #     c = tflib.tl.row_cosine(est, tru)
 #     c_shuf = tflib.tl.row_cosine(est[perm], tru)
 #     c_rev = tflib.tl.row_cosine(rev, tru)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import tflib
+from _anndata_state import assert_unchanged, snapshot
 from test_velocity import simulated_velocity
 
 torch.set_num_threads(2)
@@ -44,7 +45,7 @@ def _embedded():
     b.layers["velocity_true"] = raw[:, b.var_names].layers["velocity_true"].toarray()
     tflib.tl.embedding_velocity(b, model, tok, gene_key="tf_symbol", seed=0)
     tflib.tl.embedding_velocity(b, model, tok, vkey="velocity_true", genes=None, gene_key="tf_symbol",
-                                key="X_tf_true", velocity_key="velocity_tf_true", seed=0)
+                                key_added="X_tf_true", velocity_key="velocity_tf_true", seed=0)
     return raw, b
 
 
@@ -56,7 +57,8 @@ def embedded():
 def test_vocab_labels_are_distinct_vocabulary_genes():
     _, tok = _course()
     raw, _ = simulated_velocity()
-    labels = tflib.tl.vocab_labels(raw, tok)
+    assert tflib.tl.vocab_labels(raw, tok) is None                      # in place, like every verb
+    labels = raw.var["tf_symbol"]
     assert labels.is_unique and len(labels) == raw.n_vars
     assert (np.asarray(tok.vocab.map_genes(list(labels)).ids) >= 0).all()
     cells = tok.encode(raw, gene_key="tf_symbol")                        # raises if coverage were too low
@@ -71,12 +73,14 @@ def test_embedding_velocity_shape_reproducible_and_antisymmetric():
     assert np.isfinite(vel).all() and (np.linalg.norm(vel, axis=1) > 0).mean() > 0.95
     assert b.uns["velocity_tf"]["scheme"] == "central" and b.uns["velocity_tf"]["step"] == 0.1
     small = b[:40].copy()
-    again = tflib.tl.embedding_velocity(small, model, tok, gene_key="tf_symbol", seed=0)
-    np.testing.assert_allclose(again, vel[:40], atol=1e-5)               # same seed, same arrows
+    before = snapshot(small)
+    again = tflib.tl.embedding_velocity(small, model, tok, gene_key="tf_symbol", seed=0, copy=True)
+    assert_unchanged(small, before)                                      # copy=True leaves the input alone
+    np.testing.assert_allclose(again.obsm["velocity_tf"], vel[:40], atol=1e-5)   # same seed, same arrows
     small.layers["reversed"] = -np.asarray(small.layers["velocity"])
-    rev = tflib.tl.embedding_velocity(small, model, tok, vkey="reversed", gene_key="tf_symbol",
-                                      velocity_key="rev", seed=0)
-    np.testing.assert_allclose(rev, -vel[:40], atol=1e-5)                # central difference: exact reversal
+    assert tflib.tl.embedding_velocity(small, model, tok, vkey="reversed", gene_key="tf_symbol",
+                                       velocity_key="rev", seed=0) is None
+    np.testing.assert_allclose(small.obsm["rev"], -vel[:40], atol=1e-5)  # central difference: exact reversal
 
 
 def test_embedding_velocity_points_like_the_true_velocity():
@@ -172,7 +176,7 @@ def test_fate_aware_model_predicts_held_out_cells():
     assert mae < 0.75 * constant, (mae, constant)
     acc = tflib.tl.fate_accuracy(P, truth, sim.obs["lineage"], cells=test, n_boot=50)
     assert acc["auroc"].estimate > 0.75 and acc["mae"].high < constant
-    emb = ta.embed(sim[test].copy(), key="X_ta")
+    emb = ta.embed(sim[test].copy(), key_added="X_ta")
     assert emb.shape == (len(test), model.config.n_embd) and np.isfinite(emb).all()
 
 
@@ -201,3 +205,63 @@ def test_fates_in_truth_space_and_accuracy():
     assert perfect["mae"].estimate == 0 and perfect["auroc"].estimate == 1.0
     missed = tflib.tl.fate_accuracy(est, truth, lineage, n_boot=20)
     assert missed["mae"].estimate == pytest.approx(0.5)
+
+
+def test_split_modules_keep_the_public_names():
+    import inspect
+
+    from tflib.tl import embedding_flow, trajectory
+
+    for name in ("embedding_velocity", "embedding_kernel"):             # moved, still importable from trajectory
+        assert getattr(trajectory, name) is getattr(embedding_flow, name) is getattr(tflib.tl, name)
+    for name in ("vocab_labels", "TrajectoryAwareTranscriptformer"):
+        assert getattr(trajectory, name) is getattr(tflib.tl, name)
+    for mod in (trajectory, embedding_flow):
+        assert len(inspect.getsource(mod).splitlines()) <= 400
+        assert not hasattr(mod, "_dense")                                # one home: tflib._compat.dense
+
+
+def test_old_keyword_names_warn_and_still_work():
+    model, tok = _course()
+    raw, b = embedded()
+    small = b[:20].copy()
+    with pytest.warns(FutureWarning, match="key_added"):
+        tflib.tl.embedding_velocity(small, model, tok, gene_key="tf_symbol", key="X_old", velocity_key="v_old")
+    assert small.obsm["X_old"].shape == small.obsm["v_old"].shape == (20, model.config.n_embd)
+    assert small.uns["v_old"]["key_added"] == "X_old"
+    sim = raw[:60].copy()
+    with pytest.warns(FutureWarning, match="key_added"):
+        tflib.tl.vocab_labels(sim, tok, key="sym_old")
+    assert sim.var["sym_old"].is_unique
+    labelled = tflib.tl.vocab_labels(sim, tok, key_added="sym_new", copy=True)
+    assert "sym_new" in labelled.var and "sym_new" not in sim.var
+    with pytest.raises(TypeError):                                      # options are keyword-only
+        tflib.tl.match_terminal_states(b, "fate")
+
+
+def test_vocab_labels_check_every_count_first():
+    _, tok = _course()
+    raw, _ = simulated_velocity()
+    X = raw.X.toarray() if hasattr(raw.X, "toarray") else np.array(raw.X)
+    X[-1, -1] = np.nan
+    raw.X = X
+    before = snapshot(raw)
+    from tflib.validation import CountsError
+
+    with pytest.raises(CountsError, match=r"1 NaN or infinite value \(first at cell 599"):
+        tflib.tl.vocab_labels(raw, tok)
+    assert_unchanged(raw, before)
+
+
+def test_a_failed_kernel_leaves_the_graphs_as_they_were(monkeypatch):
+    import cellrank as cr
+
+    def boom(self, *args, **kwargs):
+        raise RuntimeError("simulated CellRank failure")
+
+    raw, b = embedded()
+    monkeypatch.setattr(cr.kernels.VelocityKernel, "compute_transition_matrix", boom)
+    before = snapshot(b)
+    with pytest.raises(RuntimeError, match="simulated CellRank failure"):
+        tflib.tl.embedding_kernel(b, seed=0)
+    assert_unchanged(b, before)                                          # no tf_connectivities left behind

@@ -17,19 +17,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from tflib._compat import dense
 
 __all__ = ["row_cosine", "match_terminal_states", "fates_in_truth_space", "fate_accuracy",
            "fate_accuracy_difference", "cross_boundary_correctness"]
 
 
-def _dense(M) -> np.ndarray:
-    return np.asarray(M.toarray() if sp.issparse(M) else M, dtype=np.float64)
-
-
 def row_cosine(x, y) -> np.ndarray:
     """Cosine similarity of each row of ``x`` with the same row of ``y`` (NaN where a row is zero)."""
-    x, y = _dense(x), _dense(y)
+    x, y = dense(x), dense(y)
     if x.shape != y.shape:
         raise ValueError(f"x {x.shape} and y {y.shape} must have the same shape (cells x dimensions).")
     norm = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
@@ -37,11 +34,23 @@ def row_cosine(x, y) -> np.ndarray:
         return np.where(norm > 0, (x * y).sum(1) / norm, np.nan)
 
 
-def match_terminal_states(adata, label_key: str = "fate", state_key: str = "terminal_state") -> pd.DataFrame:
-    """Name each terminal state after the majority ``obs[label_key]`` of its cells.
+def match_terminal_states(adata, *, label_key: str = "fate", state_key: str = "terminal_state") -> pd.DataFrame:
+    """Name each terminal state after the majority ``obs[label_key]`` of its cells (chapter 10).
 
-    Returns one row per state (as in ``uns["fate_probs_names"]``): ``label`` (the true fate),
-    ``purity`` (fraction of the state's cells with that label) and ``n_cells``.
+    Parameters
+    ----------
+    adata
+        Output of :func:`tflib.tl.fates` (``obs[state_key]``) with the true labels in ``obs[label_key]``.
+    label_key
+        ``obs`` column of the true fates (the simulator's ``"fate"``).
+    state_key
+        ``obs`` column of the estimated terminal states.
+
+    Returns
+    -------
+    A table with one row per state (as in ``uns["fate_probs_names"]``): ``label`` (the true
+    fate), ``purity`` (fraction of the state's cells with that label) and ``n_cells``. Nothing
+    is written into ``adata``.
     """
     if state_key not in adata.obs or label_key not in adata.obs:
         raise KeyError(f"adata.obs needs {state_key!r} (from tflib.tl.fates) and {label_key!r} (the truth).")
@@ -198,7 +207,7 @@ def cross_boundary_correctness(X, V, clusters, edges: Sequence[tuple[str, str]],
 
     from tflib.stats import bootstrap_ci
 
-    X, V = _dense(X), _dense(V)
+    X, V = dense(X), dense(V)
     clusters = np.asarray(clusters).astype(str)
     if X.shape != V.shape or X.shape[0] != clusters.size:
         raise ValueError(f"X {X.shape}, V {V.shape} and clusters ({clusters.size}) must describe the same cells "
