@@ -48,7 +48,18 @@ def check_counts(adata, *, layer: str | None = None, on_zero_cells: str = "warn"
     refused; cells without counts give a warning (``on_zero_cells="warn"``), or an error with
     ``"raise"``: scVI keeps them but places all of them on one point of the latent space, a
     spurious "cluster" without biology. Used by :func:`scvi_integrate` and :func:`map_query`
-    (chapter 02).
+    (chapter 02). Nothing is written into ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes.
+    layer
+        Layer holding the counts (``None``: ``X``).
+    on_zero_cells
+        ``"warn"`` or ``"raise"`` for cells whose counts sum to 0.
+    n_check
+        Deprecated and ignored (the old check read only the first ``n_check`` values).
 
     Returns
     -------
