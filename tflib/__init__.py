@@ -10,6 +10,7 @@ takes seconds to import):
 - :mod:`tflib.pp`, :mod:`tflib.tl`, :mod:`tflib.pl` -- scanpy-style verbs on AnnData
 - :mod:`tflib.stats`    -- hypothesis tests, FDR, bootstrap
 - :mod:`tflib.utils`    -- seeds, device choice, the reproducibility footer
+- :mod:`tflib.validation` -- the one count validator (every value checked) and zero-count cells
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"datasets", "tokenize", "models", "train", "pp", "tl", "pl", "stats", "utils"}
+_SUBMODULES = {"datasets", "tokenize", "models", "train", "pp", "tl", "pl", "stats", "utils", "validation"}
 
 
 def __getattr__(name: str):
