@@ -386,8 +386,8 @@ def test_low_count_coverage_is_checked_on_every_cell_and_says_counts():
     a = synthetic_counts(60, 100)
     vocab = GeneVocab.from_genes(list(a.var_names)[:10])
     tok = RankValueTokenizer(vocab, gene_medians(a, vocab=vocab), preset="V2")
-    with pytest.raises(VocabularyCoverageError, match=r"hold only .*% of the counts \(threshold min_count_fraction=50%\)"
-                       r": coverage is measured on counts, over all 60 cells"):
+    with pytest.raises(VocabularyCoverageError, match=r"hold only .*% of the counts \(threshold "
+                       r"min_count_fraction=50%\): coverage is measured on counts, over all 60 cells"):
         tok.encode(a)
     import tempfile
     from pathlib import Path
