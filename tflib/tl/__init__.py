@@ -56,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "subsample_split": "splits",
     "perturb": "perturbation",  # not perturb.py: a submodule named like the function would shadow it
     "perturb_summary": "perturbation",
+    "LinearFateModel": "perturb_baselines",
+    "perturb_linear": "perturb_baselines",
+    "matched_random_genes": "perturb_baselines",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
