@@ -1,31 +1,35 @@
-"""The course checkpoint: one call gives every chapter the same small pretrained model (chapters 06--07, 10--13).
+"""The course checkpoint, read side: one call gives every chapter the same small pretrained model (chapters 05--07, 10).
 
-:func:`course_checkpoint` looks in three places, in order:
+:func:`course_checkpoint` looks in two places:
 
 1. the copy shipped with ``tflib`` (``tflib/resources/course_checkpoint/``), used only when the
    SHA-256 of every file matches the manifest in its ``metrics.json``;
-2. the user cache (``<tflib cache>/course_checkpoint``, or ``cache_dir``), checked the same way;
-3. otherwise it *trains* the model with the course recipe
-   (``tflib/resources/recipes/course.toml``, at most 10 minutes on 2 CPU cores) and writes
-   it to the cache, so the next call loads it in a second.
+2. the user cache (``<tflib cache>/course_checkpoint``, or ``cache_dir``), checked the same way.
 
-``retrain=True`` skips 1 and 2. What a checkpoint folder holds: ``model.safetensors``,
-``config.json``, the tokenizer files (``vocab.json``, ``tokenizer_config.json``,
-``gene_medians.json``), ``loss_log.csv`` (the recipe's loss per step) and ``metrics.json``
-(held-out masked-gene accuracy, the baselines, the corpus report and the file manifest).
+A ``cache_dir`` you pass is looked at *first* (you asked for it); without one, the shipped copy
+comes first. Nothing here trains: this package sits below :mod:`tflib.train`. The recipe that
+makes the checkpoint, and the writer that puts it on disk without ever deleting a folder it did
+not write, live in :mod:`tflib.train.course` (``tflib.train.train_course_checkpoint`` or
+``python -m tflib.train.corpus --out DIR``).
+
+What a checkpoint folder holds: ``model.safetensors``, ``config.json``, the tokenizer files
+(``vocab.json``, ``tokenizer_config.json``, ``gene_medians.json``), ``loss_log.csv`` (the
+recipe's loss per step) and ``metrics.json`` (held-out accuracy at ``<mask>`` positions beside
+the baselines, the corpus report and the file manifest). A folder written by tflib also holds
+the marker file :data:`MARKER`, which lists what was written; only such a folder may be replaced.
 """
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from .checkpoint import sha256
+from .checkpoint import CheckpointError, sha256
 
 SHIPPED = Path(__file__).resolve().parent.parent / "resources" / "course_checkpoint"
 MANIFEST_FILES = ("model.safetensors", "config.json", "vocab.json", "tokenizer_config.json", "gene_medians.json",
                   "loss_log.csv")
+#: Written last into every course-checkpoint folder tflib writes: ``{"written_by", "files"}``.
+MARKER = "tflib_course_checkpoint.json"
 
 
 def default_cache_dir() -> Path:
@@ -54,72 +58,55 @@ def verify_checkpoint(directory) -> tuple[bool, str]:
     return True, "ok"
 
 
-def write_checkpoint(directory, model, tokenizer, loss_log, metrics: dict) -> Path:
-    """Write model, tokenizer, loss log and ``metrics.json`` (with the SHA-256 manifest) atomically."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".course-", dir=directory.parent))
-    try:
-        model.save_pretrained(tmp, tokenizer=tokenizer)
-        shutil.copyfile(loss_log, tmp / "loss_log.csv")
-        metrics = dict(metrics)
-        metrics["sha256"] = {f: sha256(tmp / f) for f in MANIFEST_FILES if (tmp / f).is_file()}
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        tmp.chmod(0o755)                                                # mkdtemp makes it private
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
-
-
-def train_course_checkpoint(directory, recipe=None, progress: bool = True) -> Path:
-    """Run the course recipe and write the checkpoint folder ``directory`` (what ``retrain=True`` does)."""
-    from tflib.train.corpus import train_course_model
-
-    with tempfile.TemporaryDirectory(prefix="tflib-course-run-") as run:
-        result, corpus, metrics = train_course_model(run, recipe, progress=progress)
-        return write_checkpoint(directory, result.model, corpus.tokenizer, Path(run) / "loss_log.csv", metrics)
-
-
 def course_checkpoint(*, retrain: bool = False, cache_dir=None, device=None):
     """The course's pretrained Transcriptformer and its tokenizer: ``(model, tokenizer)``.
 
     Parameters
     ----------
     retrain
-        Ignore the shipped and cached copies and train again with the course recipe
-        (about 5--10 minutes on 2 CPU cores); the result replaces the cached copy.
+        No longer supported here (``tflib.models`` does not import training code): passing
+        ``True`` raises an error that names the two-line replacement with
+        :func:`tflib.train.train_course_checkpoint`.
     cache_dir
-        Where a trained copy is kept (default :func:`default_cache_dir`).
+        A course-checkpoint folder to load first (e.g. one written by
+        ``tflib.train.train_course_checkpoint``); default :func:`default_cache_dir`, looked at
+        after the shipped copy.
     device
         Where to put the model; default :func:`tflib.utils.get_device`.
 
     Returns
     -------
     (Transcriptformer, RankValueTokenizer)
-        The model is in eval mode; ``model.course_metrics`` holds its ``metrics.json``.
+        The model is in eval mode; ``model.course_metrics`` holds its ``metrics.json`` and
+        ``model.course_dir`` the folder it came from.
 
-    Used in chapters 06 (pretraining) and 07 (embeddings), and by later chapters that need a
-    pretrained model.
+    Used in chapters 05, 06 (pretraining), 07 (embeddings) and 10.
     """
     from tflib.utils import get_device
 
     from .checkpoint import load_pretrained
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    chosen = None
-    if not retrain:
-        for candidate in (SHIPPED, cache):
-            if verify_checkpoint(candidate)[0]:
-                chosen = candidate
-                break
-    if chosen is None:
-        chosen = train_course_checkpoint(cache)
-    model, tokenizer = load_pretrained(chosen, device=device if device is not None else get_device())
-    model.course_metrics = json.loads((chosen / "metrics.json").read_text())
-    model.course_dir = chosen
-    return model, tokenizer
+    if retrain:
+        raise ValueError(
+            "course_checkpoint(retrain=True) moved to the training package (tflib.models imports no "
+            "training code). Run:\n"
+            f"    path = tflib.train.train_course_checkpoint({str(cache)!r}, overwrite=True)\n"
+            "    model, tokenizer = tflib.models.course_checkpoint(cache_dir=path)\n"
+            "or, from a shell: python -m tflib.train.corpus --out DIR --overwrite"
+        )
+    order = (cache, SHIPPED) if cache_dir is not None else (SHIPPED, cache)
+    reasons = []
+    for candidate in order:
+        ok, why = verify_checkpoint(candidate)
+        if ok:
+            model, tokenizer = load_pretrained(candidate, device=device if device is not None else get_device())
+            model.course_metrics = json.loads((candidate / "metrics.json").read_text())
+            model.course_dir = candidate
+            return model, tokenizer
+        reasons.append(why)
+    raise CheckpointError(
+        "No verified course checkpoint was found (" + "; ".join(reasons) + "). Reinstall tflib to restore "
+        f"the shipped copy, or train one: tflib.train.train_course_checkpoint({str(cache)!r}) "
+        "(about 10 minutes on 2 CPU cores), then course_checkpoint(cache_dir=that folder)."
+    )

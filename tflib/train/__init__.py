@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "FinetunedModel": "finetuned",
     "CellModel": "finetuning",
     "finetune": "finetuning",  # not finetune.py: the module would shadow the function
+    "train_course_checkpoint": "corpus",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
