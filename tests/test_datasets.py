@@ -281,3 +281,15 @@ def test_converted_cache_is_reused(loaded):
     assert converted.is_file()
     again = tds.load("kang_pbmc", mirror=MIRROR)
     assert (again.X != loaded["kang_pbmc"].X).nnz == 0
+
+
+def test_unreadable_converted_cache_is_set_aside_not_deleted(loaded):
+    converted = readers._converted_path(tds.get_entry("pancreas"))
+    assert converted.is_file()
+    converted.write_bytes(b"not an h5ad file")                       # damaged after it was written
+    with pytest.warns(UserWarning, match=r"could not be read.*renamed to .*\.corrupt.*kept"):
+        again = tds.load("pancreas", mirror=MIRROR)
+    assert (again.X != loaded["pancreas"].X).nnz == 0
+    kept = converted.with_name(converted.name + ".corrupt")
+    assert kept.read_bytes() == b"not an h5ad file"                   # the old bytes survive
+    assert readers._read_h5ad(converted).n_obs == again.n_obs         # a fresh conversion took its place

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tflib.datasets.registry import DatasetEntry, get_entry
-from tflib.datasets.retrieval import cache_dir, fetch
+from tflib.datasets.retrieval import _set_aside, cache_dir, fetch
 
 __all__ = ["load", "PANCREAS_ORDER", "READER_VERSION"]
 
@@ -199,7 +199,8 @@ def load(name: str, *, mirror: str | os.PathLike | None = None, use_cache: bool 
     mirror
         Folder with the mirror's files (see :func:`tflib.datasets.fetch` for the lookup order).
     use_cache
-        Reuse (and write) the converted h5ad of ``.rda`` sources in the user cache.
+        Reuse (and write) the converted h5ad of ``.rda`` sources in the user cache. A cached
+        conversion that cannot be read is renamed aside (``.corrupt``), never deleted.
 
     Used in chapters 01, 02, 04, 06--11.
     """
@@ -217,8 +218,11 @@ def load(name: str, *, mirror: str | os.PathLike | None = None, use_cache: bool 
     if use_cache and converted.is_file():
         try:
             return _finish(_read_h5ad(converted), entry, path)
-        except Exception:  # noqa: BLE001 - an unreadable cache entry is rebuilt below
-            pass
+        except Exception as err:  # noqa: BLE001 - an unreadable cache entry is set aside (kept) and rebuilt
+            aside = _set_aside(converted)
+            warnings.warn(f"The cached conversion {converted} could not be read ({type(err).__name__}); it was "
+                          f"renamed to {aside.name} (kept, not deleted) and is rebuilt from the source.",
+                          stacklevel=2)
     adata = _finish(_READERS[entry.reader](path), entry, path)
     if use_cache:
         try:
