@@ -4,6 +4,7 @@ with the in-memory path or the per-cell oracle, at chunk sizes that cut through 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -223,3 +224,59 @@ def test_row_blocks_partition_rows_and_isolate_long_cells(seed):
         assert (int(r), int(r) + 1) in blocks
     if not long_rows.size:
         assert blocks == [(0, 256)]
+
+
+def test_store_from_a_plain_h5ad_needs_no_anndata_and_equals_the_anndata_path(tmp_path):
+    """encode_to_store(path) reads a plain .h5ad with h5py alone (anndata's import is a large part of a
+    short script's time, issue 10 §6) and gives the same tokens and obs as the AnnData route."""
+    import subprocess
+    import sys
+
+    a = synthetic_counts(150, 90, empty=(3, 77))
+    a.obs["label"] = pd.Categorical(np.where(np.arange(150) % 3, "x", "y"))
+    a.obs["depth"] = np.arange(150, dtype=float)
+    path = tmp_path / "plain.h5ad"
+    a.write_h5ad(path)
+    tok = RankValueTokenizer(GeneVocab.from_genes(a.var_names[::-1]), gene_medians(a), preset="V2")
+    tok.save_pretrained(tmp_path / "tok")
+    code = (f"import sys, warnings; warnings.simplefilter('ignore')\n"
+            f"from tflib.tokenize import load_tokenizer\n"
+            f"load_tokenizer({str(tmp_path / 'tok')!r}).encode_to_store({str(path)!r}, {str(tmp_path / 'light')!r},"
+            f" chunk_size=40)\n"
+            f"print('anndata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    light = TokenStore.open(tmp_path / "light")
+    assert light.meta["obs_rows"] == "source"
+    with pytest.warns(UserWarning, match="2 of 150 cells"):
+        heavy = tok.encode_to_store(a, tmp_path / "heavy", chunk_size=40)   # in memory: through AnnData
+    np.testing.assert_array_equal(np.asarray(light.tokens), np.asarray(heavy.tokens))
+    np.testing.assert_array_equal(light.offsets, heavy.offsets)
+    np.testing.assert_array_equal(light.obs_index, heavy.obs_index)
+    assert list(light.obs.index) == list(heavy.obs.index) == [f"cell{i}" for i in light.obs_index]
+    for c in ("label", "depth", "group"):
+        assert list(light.obs[c].astype(str)) == list(heavy.obs[c].astype(str))
+    # layer=, gene_key= or obs_keys= take the AnnData route, same tokens
+    with pytest.warns(UserWarning, match="2 of 150 cells"):
+        keyed = tok.encode_to_store(path, tmp_path / "keyed", obs_keys=["label"], chunk_size=40)
+    assert keyed.meta["obs_rows"] == "cells" and list(keyed.obs.columns) == ["label"]
+    np.testing.assert_array_equal(np.asarray(keyed.tokens), np.asarray(light.tokens))
+
+
+def test_light_h5ad_reader_refuses_what_it_cannot_read(tmp_path):
+    from tflib.tokenize._h5csr import open_h5ad_csr
+
+    a = synthetic_counts(20, 30)
+    a.X = a.X.toarray()                                   # dense X: AnnData's route
+    a.write_h5ad(tmp_path / "dense.h5ad")
+    assert open_h5ad_csr(tmp_path / "dense.h5ad") is None
+    (tmp_path / "junk.h5ad").write_bytes(b"not hdf5")
+    assert open_h5ad_csr(tmp_path / "junk.h5ad") is None
+    b = synthetic_counts(20, 30)
+    b.write_h5ad(tmp_path / "csr.h5ad")
+    src = open_h5ad_csr(tmp_path / "csr.h5ad")
+    try:
+        assert src.shape == (20, 30) and list(src.var_names) == list(b.var_names)
+    finally:
+        src.close()

@@ -57,7 +57,13 @@ def iter_csr_chunks(adata, layer: str | None = None, chunk_size: int = 2048):
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    from ._h5csr import backed_csr_group, iter_h5_csr
+    from ._h5csr import H5adCSR, backed_csr_group, iter_h5_csr
+
+    if isinstance(adata, H5adCSR):  # a plain .h5ad read without anndata (encode_to_store from a path)
+        if layer is not None:
+            raise ValueError("layer= needs the file opened through AnnData.")
+        yield from adata.iter_chunks(chunk_size)
+        return
 
     group = backed_csr_group(adata, layer)
     if group is not None:  # CSR on disk: read its datasets directly (same rows, less overhead)

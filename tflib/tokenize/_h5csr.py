@@ -100,3 +100,88 @@ def iter_h5_csr(group, shape: tuple[int, int], chunk_size: int, prefetch: bool =
             if k + 1 < len(starts):
                 pending = pool.submit(read, starts[k + 1])
             yield chunk
+
+
+class H5adCSR:
+    """An ``.h5ad`` file whose ``X`` is CSR, read with h5py alone (no anndata import).
+
+    What :meth:`~tflib.tokenize.base._Tokenizer.encode_to_store` needs from a file on disk is
+    the count rows, the gene names and the cell metadata to carry along. AnnData's own import
+    costs about as much as tokenizing a few thousand cells, so for a plain file (``X`` stored as
+    AnnData's CSR encoding, ``var`` and ``obs`` as AnnData data frames) the tokenizer reads
+    ``X`` with :func:`iter_h5_csr`, the gene names from ``var``'s index, and copies the ``obs``
+    group into the token store unchanged (:meth:`copy_obs`); anything else goes through
+    AnnData. Open it with :func:`open_h5ad_csr`; close it with :meth:`close`.
+    """
+
+    isbacked = True
+    is_view = False
+
+    def __init__(self, path, file, group, shape):
+        self.path = path
+        self.file = file
+        self.group = group
+        self.n_obs, self.n_vars = int(shape[0]), int(shape[1])
+        var = file["var"]
+        self.var_names = np.asarray(var[var.attrs["_index"]].asstr()[:], dtype=object)   # (n_vars,) str
+        self._adata = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    @property
+    def var(self):
+        """The ``var`` table, read through AnnData on first use (only error messages need it)."""
+        return self._anndata().var
+
+    @property
+    def obs(self):
+        return self._anndata().obs
+
+    def _anndata(self):
+        if self._adata is None:
+            import anndata as ad
+
+            self._adata = ad.read_h5ad(self.path, backed="r")
+        return self._adata
+
+    def iter_chunks(self, chunk_size: int):
+        """``(start, stop, csr_matrix)`` row chunks of ``X`` (see :func:`iter_h5_csr`)."""
+        return iter_h5_csr(self.group, self.shape, chunk_size)
+
+    def copy_obs(self, dest_file, name: str = "obs") -> None:
+        """Copy the file's ``obs`` group, all rows, as stored, into the open h5py file ``dest_file``."""
+        self.file.copy(self.file["obs"], dest_file, name=name)
+
+    def close(self) -> None:
+        if self._adata is not None:
+            self._adata.file.close()
+        self.file.close()
+
+
+def open_h5ad_csr(path):
+    """An :class:`H5adCSR` for ``path``, or ``None`` when the file is not plain enough for it
+    (``X`` dense, CSC or in an old encoding; ``var``/``obs`` not AnnData data frames)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        return None
+    try:
+        X, var, obs = f.get("X"), f.get("var"), f.get("obs")
+        ok = (isinstance(X, h5py.Group) and X.attrs.get("encoding-type") == "csr_matrix"
+              and {"data", "indices", "indptr"} <= set(X.keys()) and "shape" in X.attrs
+              and isinstance(var, h5py.Group) and var.attrs.get("encoding-type") == "dataframe"
+              and var.attrs.get("_index") in var
+              and isinstance(obs, h5py.Group) and obs.attrs.get("encoding-type") == "dataframe")
+        if ok:
+            shape = tuple(int(s) for s in X.attrs["shape"])
+            src = H5adCSR(path, f, X, shape)
+            if len(src.var_names) == shape[1]:
+                return src
+    except (KeyError, TypeError, ValueError, OSError):
+        pass
+    f.close()
+    return None

@@ -8,6 +8,7 @@ A tokenizer turns an AnnData (in memory, backed, or an ``.h5ad`` path) into toke
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -272,22 +273,32 @@ class _Tokenizer:
         Same parameters as :meth:`encode`. Peak memory is set by ``chunk_size``, not by the
         number of cells. The store is written to a temporary folder and renamed at the end, so
         an error leaves nothing half-written; an existing ``path`` is kept unless ``overwrite=True``.
+        A plain ``.h5ad`` path (CSR ``X``; no ``layer``, ``gene_key`` or ``obs_keys``) is read with
+        h5py alone, without importing anndata, and its ``obs`` is copied into the store as stored.
         Returns the opened :class:`~tflib.tokenize.TokenStore`.
         """
+        from ._h5csr import open_h5ad_csr
         from .store import TokenStore, TokenStoreWriter
 
-        adata = open_source(source)
-        obs = adata.obs if obs_keys is None else adata.obs[list(obs_keys)]
-        with TokenStoreWriter(path, config=self.config(), with_values=self.kind == "binning",
-                              overwrite=overwrite, obs_source=obs) as w:
-            total = {}
-            for start, stop, part, total in self._iter_encoded(
-                    adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
-                    chunk_size=chunk_size, check_coverage=check_coverage,
-                    min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
-                    gene_table=gene_table, ortholog_table=ortholog_table):
-                w.append(part.tokens, part.offsets, values=part.values, obs_index=part.obs_index)
-            w.report.update(total)
+        # a plain .h5ad with everything default is read without importing anndata (see H5adCSR)
+        light = (open_h5ad_csr(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_file()
+                 and layer is None and gene_key is None and obs_keys is None else None)
+        try:
+            adata = light if light is not None else open_source(source)
+            obs = None if light is not None else adata.obs if obs_keys is None else adata.obs[list(obs_keys)]
+            with TokenStoreWriter(path, config=self.config(), with_values=self.kind == "binning",
+                                  overwrite=overwrite, obs_source=obs, obs_h5=light) as w:
+                total = {}
+                for start, stop, part, total in self._iter_encoded(
+                        adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
+                        chunk_size=chunk_size, check_coverage=check_coverage,
+                        min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
+                        gene_table=gene_table, ortholog_table=ortholog_table):
+                    w.append(part.tokens, part.offsets, values=part.values, obs_index=part.obs_index)
+                w.report.update(total)
+        finally:
+            if light is not None:
+                light.close()
         return TokenStore.open(path)
 
     # -- checks ---------------------------------------------------------------------------------

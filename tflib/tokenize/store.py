@@ -8,7 +8,10 @@ reading a cell touches only its bytes):
 ``offsets.npy``    int64, ``n_cells + 1``: cell ``i`` is ``tokens[offsets[i]:offsets[i+1]]``
 ``lengths.npy``    int32, ``n_cells``
 ``obs_index.npy``  int64, each cell's row in the source (skipped empty cells leave gaps)
-``obs.h5``         the carried obs columns (an AnnData-encoded DataFrame)
+``obs.h5``         the carried obs columns (an AnnData-encoded DataFrame): one row per stored cell, or,
+                   when ``store.json`` says ``"obs_rows": "source"``, the source file's whole ``obs``
+                   group copied as stored (``encode_to_store`` from a plain ``.h5ad``), of which
+                   :attr:`TokenStore.obs` returns the rows in ``obs_index``
 ``store.json``     format, counts, the tokenizer's ``config()`` and the tokenizing report
 
 Chapters 04 (writing) and 06 (training reads it through :class:`TokenStore`).
@@ -31,11 +34,13 @@ class TokenStoreWriter:
     Writes go to ``<path>.partial``; ``close()`` (or leaving the ``with`` block without an
     error) renames it. An existing ``path`` is replaced only with ``overwrite=True``.
     ``obs_source``, the obs table of all source rows, can replace ``append(obs=...)``: the rows
-    of the kept cells (``obs_index``) are then taken from it once, at ``close()``.
+    of the kept cells (``obs_index``) are then taken from it once, at ``close()``. ``obs_h5``, an
+    open :class:`~tflib.tokenize._h5csr.H5adCSR`, does the same without reading the table: its
+    ``obs`` group is copied as stored.
     """
 
     def __init__(self, path, config: dict, with_values: bool = False, overwrite: bool = False,
-                 obs_source: pd.DataFrame | None = None):
+                 obs_source: pd.DataFrame | None = None, obs_h5=None):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it, or choose another path.")
@@ -52,6 +57,7 @@ class TokenStoreWriter:
         self._obs_index: list[np.ndarray] = []
         self._obs: list[pd.DataFrame] = []
         self._obs_source = obs_source
+        self._obs_h5 = obs_h5
         self._n_tokens = 0
 
     def append(self, tokens, offsets, values=None, obs: pd.DataFrame | None = None, obs_index=None) -> None:
@@ -82,15 +88,22 @@ class TokenStoreWriter:
         np.save(self.tmp / "lengths.npy", lengths)
         obs_index = np.concatenate(self._obs_index) if self._obs_index else np.zeros(0, np.int64)
         np.save(self.tmp / "obs_index.npy", obs_index)
+        obs_rows = "cells"
         if self._obs:
-            obs = pd.concat(self._obs)
+            _write_obs(self.tmp / "obs.h5", pd.concat(self._obs))
+        elif self._obs_h5 is not None:  # the source file's obs group, all rows, copied as stored
+            import h5py
+
+            with h5py.File(self.tmp / "obs.h5", "w") as f:
+                self._obs_h5.copy_obs(f, "obs")
+            obs_rows = "source"
         elif self._obs_source is not None:
-            obs = self._obs_source.iloc[obs_index]
+            _write_obs(self.tmp / "obs.h5", self._obs_source.iloc[obs_index])
         else:
-            obs = pd.DataFrame(index=pd.RangeIndex(lengths.size).astype(str))
-        _write_obs(self.tmp / "obs.h5", obs)
+            _write_obs(self.tmp / "obs.h5", pd.DataFrame(index=pd.RangeIndex(lengths.size).astype(str)))
         meta = {"format": FORMAT, "version": 1, "n_cells": int(lengths.size), "n_tokens": int(self._n_tokens),
-                "has_values": self._val is not None, "config": self.config, "report": _jsonable(self.report)}
+                "has_values": self._val is not None, "obs_rows": obs_rows, "config": self.config,
+                "report": _jsonable(self.report)}
         (self.tmp / "store.json").write_text(json.dumps(meta, indent=1))
         if self.path.exists():  # overwrite=True was checked in __init__
             shutil.rmtree(self.path)
@@ -197,7 +210,11 @@ class TokenStore:
             from anndata.io import read_elem
 
             with h5py.File(self.path / "obs.h5", "r") as f:
-                self._obs = read_elem(f["obs"])
+                obs = read_elem(f["obs"])
+            if self.meta.get("obs_rows") == "source":  # every source row was copied: keep the stored cells'
+                obs = obs.iloc[self.obs_index]
+                obs.index = obs.index.astype(str)
+            self._obs = obs
         return self._obs
 
     def check_compatible(self, tokenizer) -> None:
