@@ -100,12 +100,8 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
-def footer(seed: int | None = None, extra: dict | None = None) -> dict:
-    """Print and return the reproducibility footer: versions, seed, hardware and runtime.
-
-    Called in the last cell of every notebook. The runtime is measured from the first
-    import of :mod:`tflib.utils` in the kernel.
-    """
+def footer_info(seed: int | None = None, extra: dict | None = None) -> dict:
+    """The reproducibility record that :func:`footer` prints: versions, seed, hardware and runtime."""
     info = {pkg: _version(pkg) for pkg in FOOTER_PACKAGES}
     info["python"] = platform.python_version()
     info["platform"] = f"{platform.system()} {platform.machine()}"
@@ -121,11 +117,26 @@ def footer(seed: int | None = None, extra: dict | None = None) -> dict:
     info["runtime (s)"] = round(time.perf_counter() - _T0, 1)
     if extra:
         info.update(extra)
+    return info
+
+
+#: The first line of the footer table (the book's tests look for it in every chapter page).
+FOOTER_TITLE = "Reproducibility footer"
+
+
+def footer(seed: int | None = None, extra: dict | None = None) -> None:
+    """Print the reproducibility footer table: versions, seed, hardware and runtime.
+
+    Called in the last cell of every notebook. It returns ``None`` so that the table is the
+    cell's only output (a returned dict would be displayed a second time); the record itself
+    is :func:`footer_info`. The runtime is measured from the first import of
+    :mod:`tflib.utils` in the kernel.
+    """
+    info = footer_info(seed, extra)
     width = max(len(k) for k in info)
-    print("Reproducibility footer")
+    print(FOOTER_TITLE)
     for k, v in info.items():
         print(f"  {k:<{width}}  {v}")
-    return info
 
 
 def write_json(path, obj, overwrite: bool = False):
