@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tflib.models.heads import ClassificationHead
+from tflib.tokenize import special_token_ids
 from tflib.utils import get_device
 
 from .finetuned import FinetunedModel, _Features
@@ -156,14 +157,6 @@ class CellModel(nn.Module):
         return self.head(pooled)                                        # (B, K)
 
 
-def _special_ids(model, tokenizer) -> list[int]:
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    vocab = getattr(tok, "vocab", None)
-    if vocab is not None and hasattr(vocab, "special_tokens"):
-        return [vocab.token_to_id(t) for t in vocab.special_tokens]
-    return [model.config.pad_token_id]
-
-
 def finetune(model, cells, targets, *, config: FinetuneConfig | None = None, val_cells=None, val_targets=None,
              classes=None, tokenizer=None, **overrides) -> FinetunedModel:
     """Fine-tune a copy of ``model`` to predict ``targets`` from token sequences (chapters 07, 10).
@@ -222,7 +215,7 @@ def finetune(model, cells, targets, *, config: FinetuneConfig | None = None, val
     torch.manual_seed(cfg.seed)
     encoder = copy.deepcopy(model).to(device)
     net = CellModel(encoder, len(names), first, cfg.pooling, cfg.head_dropout,
-                    _special_ids(model, tokenizer)).to(device)
+                    special_token_ids(tokenizer, model)).to(device)
     max_len = int(min(cfg.max_len or model.config.max_len, model.config.max_len))
     pad_id = model.config.pad_token_id
 
