@@ -298,11 +298,11 @@ print(f"{len(same)} of {len(frozen_before)} weight tensors are shared unchanged;
 # reference: every method must get them wrong, and they are counted as errors.
 
 # %%
-tl.transfer_labels(reference, query, key="X_scvi", label_key="cell_type", k=15,
-                   result_key="pred_scvi")
+tl.transfer_labels(reference, query, embed_key="X_scvi", label_key="cell_type", k=15,
+                   key_added="pred_scvi")
 tl.project_pca(reference, query, n_top_genes=N_HVG, n_pcs=30, seed=SEED)
-tl.transfer_labels(reference, query, key="X_pca_ref", label_key="cell_type", k=15,
-                   result_key="pred_pca")
+tl.transfer_labels(reference, query, embed_key="X_pca_ref", label_key="cell_type", k=15,
+                   key_added="pred_pca")
 logreg = tl.pca_logreg(reference, "cell_type", n_top_genes=N_HVG, n_pcs=30, seed=SEED)
 query.obs["pred_logreg"] = logreg.predict(query)
 
@@ -516,7 +516,7 @@ except ValueError as err:
 # ref2, q2 = reference.copy(), query.copy()
 # m2 = tl.scvi_integrate(ref2, batch_key="stim", max_epochs=EPOCHS_REF * 4, seed=SEED, train_kwargs=TRAIN)
 # tl.map_query(m2, q2, max_epochs=EPOCHS_QUERY * 4, seed=SEED, train_kwargs=TRAIN)
-# pred = tl.transfer_labels(ref2, q2, key="X_scvi", label_key="cell_type")
+# pred = tl.transfer_labels(ref2, q2, embed_key="X_scvi", label_key="cell_type")
 # tl.evaluate_predictions(truth, pred, method="scVI, 4x epochs", seed=SEED)
 # ```
 # Compare the new accuracy with Table 2. If it rises by more than its interval, the short

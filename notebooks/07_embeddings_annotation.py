@@ -141,7 +141,7 @@ glue("c07_n_test", len(split.test), display=False)
 model, tokenizer = course_checkpoint()
 tokens = tokenizer.encode(adata, check_coverage=False)
 assert len(tokens) == adata.n_obs  # every cell has tokens
-tl.embed(adata, model, tokenizer, key="X_tf", tokens=tokens)
+tl.embed(adata, model, tokenizer, key_added="X_tf", tokens=tokens)
 train_tokens = [tokens[i] for i in np.flatnonzero(train_mask)]
 test_tokens = [tokens[i] for i in np.flatnonzero(test_mask)]
 
@@ -217,7 +217,7 @@ integration.round(3)
 
 rows = [tl.baseline_classifiers(adata, "cell_type", split, embed_key="X_scvi", n_boot=N_BOOT, seed=SEED)
         .replace({"kNN on X_scvi": "kNN on scVI"})]
-zero_shot = tl.transfer_labels(adata[split.train], adata[split.test].copy(), key="X_tf", label_key="cell_type")
+zero_shot = tl.transfer_labels(adata[split.train], adata[split.test].copy(), embed_key="X_tf", label_key="cell_type")
 rows.append(tl.evaluate_predictions(y_test, zero_shot, method="Transcriptformer zero-shot kNN",
                                     n_boot=N_BOOT, seed=SEED))
 
@@ -264,7 +264,8 @@ tuned = {}
 for name, cfg in MODES.items():
     tuned[name] = tl.finetune_annotator(adata, "cell_type", split, model, tokenizer, config=cfg,
                                         tokens=train_tokens)
-    pred = tl.annotate(test, tuned[name], tokens=test_tokens, key_added=f"tf_{name}")
+    tl.annotate(test, tuned[name], tokens=test_tokens, key_added=f"tf_{name}")
+    pred = test.obs[f"tf_{name}"]
     rows.append(tl.evaluate_predictions(y_test, pred.astype(str), method=f"Transcriptformer fine-tuned ({name})",
                                         n_boot=N_BOOT, seed=SEED))
     print(f"{name:>6}: best epoch {tuned[name].best_epoch} of {len(tuned[name].history)}, "
@@ -415,7 +416,7 @@ preds = {}
 preds["PCA + logistic regression"] = tl.pca_logreg(adata[rare_split.train], "cell_type", seed=SEED).predict(test)
 ref = adata[rare_split.train].copy()
 for key, name in [("X_scvi", "kNN on scVI"), ("X_tf", "Transcriptformer zero-shot kNN")]:
-    preds[name] = tl.transfer_labels(ref, test.copy(), key=key, label_key="cell_type").to_numpy()
+    preds[name] = tl.transfer_labels(ref, test.copy(), embed_key=key, label_key="cell_type").to_numpy()
 rare_tokens = [tokens[i] for i in np.flatnonzero(rare_train)]
 bag_rare = LogisticRegression(max_iter=3000, class_weight="balanced", random_state=SEED)
 bag_rare.fit(tl.bag_of_tokens(rare_tokens, V), adata.obs.loc[rare_split.train, "cell_type"].astype(str))
