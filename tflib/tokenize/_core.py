@@ -10,9 +10,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:  # pandas only names a type here; the tokenizers' hot path does not need it
+    import pandas as pd
 
 
 class TokenizerInputError(ValueError):

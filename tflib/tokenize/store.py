@@ -22,8 +22,12 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT = "tflib.TokenStore"
 
@@ -90,6 +94,8 @@ class TokenStoreWriter:
         np.save(self.tmp / "obs_index.npy", obs_index)
         obs_rows = "cells"
         if self._obs:
+            import pandas as pd
+
             _write_obs(self.tmp / "obs.h5", pd.concat(self._obs))
         elif self._obs_h5 is not None:  # the source file's obs group, all rows, copied as stored
             import h5py
@@ -100,6 +106,8 @@ class TokenStoreWriter:
         elif self._obs_source is not None:
             _write_obs(self.tmp / "obs.h5", self._obs_source.iloc[obs_index])
         else:
+            import pandas as pd
+
             _write_obs(self.tmp / "obs.h5", pd.DataFrame(index=pd.RangeIndex(lengths.size).astype(str)))
         meta = {"format": FORMAT, "version": 1, "n_cells": int(lengths.size), "n_tokens": int(self._n_tokens),
                 "has_values": self._val is not None, "obs_rows": obs_rows, "config": self.config,
@@ -128,6 +136,7 @@ class TokenStoreWriter:
 
 def _write_obs(path, obs: pd.DataFrame) -> None:
     import h5py
+    import pandas as pd
     from anndata.io import write_elem
 
     obs = obs.copy()
