@@ -76,6 +76,16 @@ def test_coverage_report_threshold_and_override():
     assert small.coverage(a, check=False).n_genes_covered == 10
     assert small.coverage(a, min_gene_fraction=0.05, min_count_fraction=0.05).gene_fraction == pytest.approx(0.1)
 
+    # The rule is on counts, as in encode: few genes holding most counts pass by default.
+    b = a.copy()
+    X = b.X.toarray()
+    X[:, :10] *= 50
+    b.X = sp.csr_matrix(X)
+    rep = small.coverage(b)
+    assert rep.gene_fraction == pytest.approx(0.1) and rep.count_fraction > 0.5
+    with pytest.raises(VocabularyCoverageError, match="min_gene_fraction=20%"):
+        small.coverage(b, min_gene_fraction=0.2)                     # the gene rule only when asked for
+
 
 def test_geneformer_pickles_roundtrip_and_opt_in(tmp_path):
     v = GeneVocab.from_genes([ensembl(i) for i in range(10)])

@@ -339,14 +339,18 @@ class GeneVocab:
         return GeneMapping(ids=ids, report=report)
 
     def coverage(self, adata, *, gene_key: str | None = None, layer: str | None = None,
-                 id_type: str = "auto", species: str = "auto", min_gene_fraction: float = 0.25,
+                 id_type: str = "auto", species: str = "auto", min_gene_fraction: float = 0.0,
                  min_count_fraction: float = 0.5, check: bool = True, gene_table=None,
                  ortholog_table=None) -> CoverageReport:
-        """Fraction of ``adata``'s genes, and of its counts, that this vocabulary covers.
+        """Fraction of ``adata``'s genes, and of its counts, that this vocabulary covers (chapter 04).
 
-        Raises :class:`VocabularyCoverageError` when either fraction is below its threshold
-        (defaults: 25 % of genes, 50 % of counts: below that a cell's "document" would miss most
-        of its words). Lower the thresholds or pass ``check=False`` to override.
+        The rule is the tokenizers' (``encode(check_coverage=True)``): what matters is the
+        fraction of the **counts** that fall in vocabulary genes, since those are the words of a
+        cell's "document". Below ``min_count_fraction`` (default 50 %) a
+        :class:`VocabularyCoverageError` is raised. The fraction of the input's *genes* is
+        reported but not checked by default (``min_gene_fraction=0``): a full transcriptome
+        against a 2,000-gene vocabulary covers few of its genes yet most of its counts.
+        ``check=False`` only reports.
         """
         names = adata.var_names if gene_key is None else adata.var[gene_key]
         mapping = self.map_genes(list(names), id_type=id_type, species=species, gene_table=gene_table,
@@ -362,8 +366,9 @@ class GeneVocab:
             unmapped_examples=[str(n) for n in np.asarray(names)[~covered][:10]], mapping=mapping.report)
         if check and (gene_fraction < min_gene_fraction or count_fraction < min_count_fraction):
             raise VocabularyCoverageError(
-                f"The vocabulary covers only {gene_fraction:.1%} of the genes (threshold {min_gene_fraction:.0%}) "
-                f"and {count_fraction:.1%} of the counts (threshold {min_count_fraction:.0%}); detected "
+                f"The vocabulary's genes hold only {count_fraction:.1%} of the counts (threshold "
+                f"min_count_fraction={min_count_fraction:.0%}) and cover {gene_fraction:.1%} of the genes "
+                f"(threshold min_gene_fraction={min_gene_fraction:.0%}); detected "
                 f"{rep.id_type} identifiers from {rep.species}, unmapped e.g. {rep.unmapped_examples[:5]}. "
                 "Fix: pass the right gene_key/id_type/species, or build a vocabulary from this dataset's genes; "
                 "to proceed anyway lower min_gene_fraction/min_count_fraction or pass check=False.")
