@@ -195,7 +195,10 @@ def test_coverage_error_for_wrong_identifiers():
     before = b.copy()
     with pytest.raises(VocabularyCoverageError, match="None of the 40 genes") as e:
         tok.encode(b)
-    assert "GeneVocab.from_genes" in str(e.value) and "check_coverage=False" in str(e.value)
+    assert "GeneVocab.from_genes" in str(e.value) and "GENE0" in str(e.value)
+    assert "check_coverage=False" not in str(e.value)   # it would not help: no gene maps
+    with pytest.raises(VocabularyCoverageError, match="No cell has counts in this tokenizer's genes"):
+        tok.encode(b, check_coverage=False)               # nor does it return 0 cells without a word
     _assert_same_anndata(b, before)
     # the fix it names works: a tokenizer built from these genes
     own = _tokenizer(b)

@@ -94,7 +94,8 @@ class _Tokenizer:
             raise VocabularyCoverageError(
                 f"{what} {len(names):,} genes of the input map onto this tokenizer's {n_vocab:,} genes. "
                 + self._coverage_diagnosis(adata, names, m.report, gene_key=gene_key, id_type=id_type,
-                                           species=species, gene_table=gene_table, ortholog_table=ortholog_table))
+                                           species=species, gene_table=gene_table, ortholog_table=ortholog_table,
+                                           can_override=n_present > 0))
         return colmap, m.report
 
     def _n_present(self, names, **kw) -> int:
@@ -107,7 +108,7 @@ class _Tokenizer:
         return int(np.unique(ids[self._tokenizable[ids]]).size)
 
     def _coverage_diagnosis(self, adata, names, report, *, gene_key, id_type, species, gene_table,
-                            ortholog_table) -> str:
+                            ortholog_table, can_override: bool = True) -> str:
         """What was detected, and a fix that changes the outcome: another ``var`` column or species
         only when it is tried here and maps clearly more genes, else a tokenizer for these genes."""
         n_now = int(report.get("n_vocab_present", 0))
@@ -140,8 +141,9 @@ class _Tokenizer:
         return (text + "No other var column or species maps clearly more of them, so these genes are not "
                 "what this tokenizer was built for. Fix: use a tokenizer whose vocabulary and medians come "
                 "from these genes (tflib.tokenize.GeneVocab.from_genes(adata.var_names) and "
-                "tflib.tokenize.gene_medians(adata, vocab=vocab), chapter 04), or pass check_coverage=False to "
-                "tokenize the few covered genes anyway.")
+                "tflib.tokenize.gene_medians(adata, vocab=vocab), chapter 04)"
+                + (", or pass check_coverage=False to tokenize the few covered genes anyway." if can_override
+                   else "."))
 
     # -- encoding -------------------------------------------------------------------------------
     def _iter_encoded(self, adata, *, layer, gene_key, id_type, species, input, chunk_size,
@@ -184,7 +186,7 @@ class _Tokenizer:
         frac = total["count_fraction_covered"]
         if n_in and (n_out == 0 or (check_coverage and frac < min_count_fraction)):
             rule = "" if n_out == 0 else f" (threshold min_count_fraction={min_count_fraction:.0%})"
-            head = (f"No cell has counts in this tokenizer's genes" if n_out == 0 else
+            head = ("No cell has counts in this tokenizer's genes" if n_out == 0 else
                     f"This tokenizer's genes hold only {frac:.1%} of the counts{rule}")
             raise VocabularyCoverageError(
                 f"{head}: coverage is measured on counts, over all {n_in:,} cells; "
@@ -192,14 +194,14 @@ class _Tokenizer:
                 + self._coverage_diagnosis(adata, list(adata.var_names if gene_key is None else
                                                        adata.var[gene_key].astype(str)), m,
                                            gene_key=gene_key, id_type=id_type, species=species,
-                                           gene_table=gene_table, ortholog_table=ortholog_table))
+                                           gene_table=gene_table, ortholog_table=ortholog_table,
+                                           can_override=n_out > 0))
         n_empty = n_in - n_out
         if n_empty:
             rest = n_empty - n_zero
-            def has(n):
-                return f"{n:,} {'has' if n == 1 else 'have'}"
+            has = {n: f"{n:,} {'has' if n == 1 else 'have'}" for n in (n_zero, rest)}
             detail = (f"{'it has' if n_empty == 1 else 'all have'} no counts at all" if not rest else
-                      f"{has(n_zero)} no counts at all, {has(rest)} counts only in genes outside the vocabulary")
+                      f"{has[n_zero]} no counts at all, {has[rest]} counts only in genes outside the vocabulary")
             warnings.warn(
                 f"{n_empty:,} of {n_in:,} cells {'has' if n_empty == 1 else 'have'} no counts in vocabulary genes "
                 "and give empty sequences "
