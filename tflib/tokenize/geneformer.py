@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._pickles import PickleNotAllowedError, read_dict_pickle, write_dict_pickle
+from ._pickles import PickleNotAllowedError, write_dict_pickle
 from .medians import GeneMedians
 from .vocab import GeneVocab
 
@@ -40,7 +40,3 @@ def read_median_dictionary(path, *, allow_pickle: bool = False) -> GeneMedians:
 def write_median_dictionary(medians: GeneMedians, path, overwrite: bool = False) -> Path:
     """Write ``{gene: median}`` (plain floats) as Geneformer does."""
     return write_dict_pickle(medians.as_dict(), path, overwrite)
-
-
-# Kept for callers of the old private names.
-_read_pickle = read_dict_pickle
