@@ -119,5 +119,5 @@ def test_transfer_labels_and_project_pca_take_key_added(counts):
     with pytest.warns(FutureWarning, match="embed_key"), pytest.warns(FutureWarning, match="key_added"):
         old = tl.transfer_labels(ref, query, key="X_ref", label_key="cell_type", result_key="pred_old")
     assert old.tolist() == pred.tolist()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="positional"):
         tl.transfer_labels(ref, query, "X_ref")                       # options are keyword-only

@@ -230,7 +230,7 @@ def test_a_failure_while_writing_leaves_the_old_checkpoint_intact(tiny, tmp_path
     target = tmp_path / "course"
     _write(tiny, target, tmp_path, {"run": 1})
     before = _snapshot(target)
-    with pytest.raises(FileNotFoundError):                            # the model is written, then the log is missing
+    with pytest.raises(FileNotFoundError, match="no_such_log"):     # the model is written, then the log is missing
         write_checkpoint(target, *tiny, tmp_path / "no_such_log.csv", {"run": 2}, overwrite=True)
     assert _snapshot(target) == before and _siblings(target) == []
 

@@ -108,7 +108,7 @@ def test_unknown_name_lists_names_and_suggests():
     msg = str(exc.value)
     assert "Did you mean 'kang_pbmc'" in msg
     assert all(name in msg for name in tds.available())
-    with pytest.raises(KeyError):  # also a KeyError for dict-like callers
+    with pytest.raises(KeyError, match="no_such_data"):  # also a KeyError for dict-like callers
         tds.load("no_such_data")
 
 

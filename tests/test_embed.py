@@ -124,9 +124,9 @@ def test_embed_copy_keyword_only_and_old_key_name(setup):
         out = tl.embed(a, model, tok, key_added="X_copy", copy=True)
     assert _same(a, before) and out is not a                          # the input is untouched
     assert out.obsm["X_copy"].shape == (13, 32) and out.uns["X_copy"]["n_cells_embedded"] == 12
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="positional"):
         tl.embed(a, model, tok, "X_pos")                              # options are keyword-only
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="positional"):
         tl.gene_embeddings(a, model, tok, "static")
     with pytest.warns(FutureWarning, match="key_added"), pytest.warns(UserWarning, match="no tokenizable"):
         tl.embed(a, model, tok, key="X_old")

@@ -246,7 +246,7 @@ def test_old_keyword_names_still_work_for_one_release(data, monkeypatch):
     with pytest.warns(FutureWarning, match=r"key_added=\.\.\. instead"):
         with pytest.raises(AssertionError, match="scvi-tools was reached"):
             tl.scvi_integrate(data.copy(), batch_key="batch", key="X_old")
-    with pytest.raises(TypeError):                      # options are keyword-only
+    with pytest.raises(TypeError, match="positional"):  # options are keyword-only
         tl.scvi_integrate(data.copy(), "batch")
     with pytest.warns(FutureWarning, match="n_check"):
         tl.check_counts(data, n_check=10)

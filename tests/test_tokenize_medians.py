@@ -60,7 +60,7 @@ def test_keyed_by_vocab_with_obs_n_counts_and_json_roundtrip(tmp_path):
     p = med.save(tmp_path / "m.json")
     back = GeneMedians.load(p)
     assert back.genes == med.genes and np.array_equal(back.medians, med.medians) and back.fingerprint == med.fingerprint
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         med.save(p)
 
 
