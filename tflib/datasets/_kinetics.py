@@ -76,13 +76,17 @@ def rates(x: np.ndarray, net: Network, cols: np.ndarray, perturb: dict | None = 
     return a
 
 
-def regulator_fixed_point(net: Network, n_steps: int = 4000, dt: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free steady state of all genes in the progenitor pool (niche signal on)."""
+def regulator_fixed_point(net: Network, n_steps: int = 4000, dt: float = 0.05,
+                          perturb: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free steady state of all genes in the progenitor pool (niche signal on).
+
+    ``perturb`` as in :func:`rates`: the pool of a world where those genes are fixed.
+    """
     cols = np.arange(len(net.genes))
     step = Stepper(net.beta, net.gamma, dt)
     u, s = np.zeros((1, len(cols))), np.zeros((1, len(cols)))
     for _ in range(n_steps):
-        step(u, s, rates(s[:, net.reg], net, cols), np.empty_like(u))
+        step(u, s, rates(s[:, net.reg], net, cols, perturb), np.empty_like(u))
     return u[0], s[0]
 
 
@@ -96,6 +100,7 @@ def run_regulators(net: Network, u: np.ndarray, s: np.ndarray, leave_step: np.nd
     mean regulator activity over each block of that many steps is returned, shape
     (blocks, cells, regulators), for integrating the non-regulators. Cells are processed in
     chunks (cache-friendly); the random numbers depend only on ``rng``, the shapes and ``chunk``.
+    Genes in ``perturb`` (gene index -> fixed normalised rate) get no transcriptional noise.
     """
     reg, dtype = net.reg, u.dtype
     p_col = int(np.flatnonzero(reg == net.progenitor_tf)[0])
@@ -117,6 +122,8 @@ def run_regulators(net: Network, u: np.ndarray, s: np.ndarray, leave_step: np.nd
             step(uc, sc, a, tmp)
             rng.standard_normal(dtype=dtype, out=eps)
             eps *= scale
+            for c in pert:                  # a fixed rate is fixed: no transcriptional noise
+                eps[:, c] = 0.0
             uc += eps
             np.maximum(uc, 0.0, out=uc)
             if record_every:
@@ -127,10 +134,14 @@ def run_regulators(net: Network, u: np.ndarray, s: np.ndarray, leave_step: np.nd
 
 
 def run_targets(net: Network, cols: np.ndarray, u: np.ndarray, s: np.ndarray, path: np.ndarray,
-                dt: float, chunk: int = 512) -> None:
-    """Integrate non-regulator genes ``cols`` in place along a recorded regulator ``path``."""
+                dt: float, chunk: int = 512, perturb: dict | None = None) -> None:
+    """Integrate non-regulator genes ``cols`` in place along a recorded regulator ``path``.
+
+    ``perturb`` maps a gene index to a fixed normalised rate, as in :func:`rates`.
+    """
     step = Stepper(net.beta[cols], net.gamma[cols], dt, dtype=u.dtype)
     W, b = net.W[:, cols].astype(u.dtype), net.bias[cols].astype(u.dtype)
+    pert = {int(np.flatnonzero(cols == g)[0]): v for g, v in (perturb or {}).items() if g in cols}
     for sl in _chunks(len(u), chunk):
         uc, sc = u[sl], s[sl]
         a, tmp = np.empty_like(uc), np.empty_like(uc)
@@ -138,6 +149,8 @@ def run_targets(net: Network, cols: np.ndarray, u: np.ndarray, s: np.ndarray, pa
             np.matmul(x.astype(u.dtype), W, out=a)
             a += b
             expit(a, out=a)
+            for c, v in pert.items():
+                a[:, c] = v
             step(uc, sc, a, tmp)
 
 
