@@ -44,6 +44,67 @@ def _negative_binomial(rng: np.random.Generator, mean: np.ndarray, theta: float)
     return rng.poisson(rng.gamma(theta, mean / theta)).astype(np.float32)
 
 
+def _grow(net, p: dict, n_cells: int, rng: np.random.Generator, perturb: dict | None = None):
+    """Trajectories of ``n_cells`` cells: normalised ``u, s`` (cells, genes), ``waiting``, ``age``.
+
+    A steady progenitor pool plus differentiating cells of uniformly spread ages. ``perturb``
+    (gene index -> fixed normalised rate) holds from the start, the pool's steady state included.
+    """
+    dt = float(p["dt"])
+    waiting = rng.random(n_cells) < p["frac_progenitor"]
+    age = np.where(waiting, 0.0, rng.uniform(0.0, p["t_diff"], n_cells))
+    n_steps = int(round((p["t_burn"] + p["t_diff"]) / dt)) // _RECORD_EVERY * _RECORD_EVERY
+    leave = np.where(waiting, np.inf, n_steps - np.round(age / dt))
+
+    u0, s0 = regulator_fixed_point(net, dt=dt, perturb=perturb)
+    u = np.tile(u0, (n_cells, 1))
+    s = np.tile(s0, (n_cells, 1))
+    reg = net.reg
+    ur, sr = u[:, reg].copy(), s[:, reg].copy()
+    path = run_regulators(net, ur, sr, leave, n_steps, dt, p["noise"], rng, perturb=perturb,
+                          record_every=_RECORD_EVERY)
+    others = np.setdiff1d(np.arange(len(net.genes)), reg)
+    uo, so = u[:, others].astype(np.float32), s[:, others].astype(np.float32)
+    run_targets(net, others, uo, so, path, dt * _RECORD_EVERY, perturb=perturb)
+    u[:, reg], s[:, reg], u[:, others], s[:, others] = ur, sr, uo, so
+    return u, s, waiting, age
+
+
+def _measure(net, p: dict, crng: np.random.Generator, u, s, waiting, age, probs, lineage, batch,
+             gene_effect, lib_effect, obs_names):
+    """The AnnData of measured cells: library sizes and negative-binomial counts drawn from
+    ``crng`` (batch ``gene_effect`` (batches, genes) and ``lib_effect`` given), the true
+    layers, ``obs`` and ``obsm["fate_probs_true"]``; ``uns`` is left to the caller."""
+    import anndata as ad
+
+    n_cells, n_batches = len(u), len(lib_effect)
+    lib = p["library_size"] * np.exp(p["library_log_sd"] * crng.standard_normal(n_cells)) * lib_effect[batch]
+    u_true = (u * net.alpha_max / net.beta).astype(np.float32)
+    s_true = (s * net.alpha_max / net.gamma).astype(np.float32)
+    scale = lib[:, None] * gene_effect[batch]
+    spliced = _negative_binomial(crng, s_true * scale, p["nb_theta"])
+    unspliced = _negative_binomial(crng, u_true * scale, p["theta_unspliced"])
+
+    fates = list(net.fates)
+    lineage_names = np.array(fates)[lineage]
+    obs = pd.DataFrame({
+        "fate": pd.Categorical(np.where(waiting, "progenitor", lineage_names), categories=["progenitor"] + fates),
+        "lineage": pd.Categorical(lineage_names, categories=fates),
+        "pseudotime": (age / p["t_diff"]).astype(np.float64),
+        "differentiating": ~waiting,
+        "committed": probs[np.arange(n_cells), lineage] >= 0.9,
+        "batch": pd.Categorical([f"batch{b}" for b in batch], categories=[f"batch{b}" for b in range(n_batches)]),
+        "library_size": lib,
+    }, index=obs_names)
+    adata = ad.AnnData(X=sp.csr_matrix(spliced), obs=obs, var=net.var_frame())
+    adata.layers["spliced"] = sp.csr_matrix(spliced)
+    adata.layers["unspliced"] = sp.csr_matrix(unspliced)
+    adata.layers["velocity_true"] = (net.alpha_max * (u - s)).astype(np.float32)
+    adata.layers["spliced_true"], adata.layers["unspliced_true"] = s_true, u_true
+    adata.obsm["fate_probs_true"] = pd.DataFrame(probs, index=obs_names, columns=fates)
+    return adata
+
+
 def simulate(n_cells: int = 3000, n_genes: int = 500, n_fates: int = 3, n_batches: int = 2,
              seed: int = 0, **params):
     """Simulate a branching differentiation with a known answer to every question we ask.
@@ -91,67 +152,23 @@ def simulate(n_cells: int = 3000, n_genes: int = 500, n_fates: int = 3, n_batche
     and simulated cells. They are labels only: the simulated regulation has nothing to do with
     what these genes do in a real cell.
     """
-    import anndata as ad
-
     p = _check_params(params)
     if min(n_cells, n_batches) < 1:
         raise ValueError("n_cells and n_batches must be positive. Fix: e.g. n_cells=3000, n_batches=2.")
     s_net, s_traj, s_fut, s_count = np.random.SeedSequence(seed).spawn(4)
     net = build_network(n_genes, n_fates, np.random.default_rng(s_net), p)
-    rng = np.random.default_rng(s_traj)
-    dt = float(p["dt"])
+    u, s, waiting, age = _grow(net, p, n_cells, np.random.default_rng(s_traj))
+    probs, outcome = future_fates(net, u[:, net.reg], s[:, net.reg], waiting, p, int(p["n_futures"]), s_fut)
 
-    # Cells: a steady progenitor pool plus differentiating cells of uniformly spread ages.
-    waiting = rng.random(n_cells) < p["frac_progenitor"]
-    age = np.where(waiting, 0.0, rng.uniform(0.0, p["t_diff"], n_cells))
-    n_steps = int(round((p["t_burn"] + p["t_diff"]) / dt)) // _RECORD_EVERY * _RECORD_EVERY
-    leave = np.where(waiting, np.inf, n_steps - np.round(age / dt))
-
-    u0, s0 = regulator_fixed_point(net, dt=dt)
-    u = np.tile(u0, (n_cells, 1))
-    s = np.tile(s0, (n_cells, 1))
-    reg = net.reg
-    ur, sr = u[:, reg].copy(), s[:, reg].copy()
-    path = run_regulators(net, ur, sr, leave, n_steps, dt, p["noise"], rng, record_every=_RECORD_EVERY)
-    others = np.setdiff1d(np.arange(n_genes), reg)
-    uo, so = u[:, others].astype(np.float32), s[:, others].astype(np.float32)
-    run_targets(net, others, uo, so, path, dt * _RECORD_EVERY)
-    u[:, reg], s[:, reg], u[:, others], s[:, others] = ur, sr, uo, so
-
-    probs, outcome = future_fates(net, ur, sr, waiting, p, int(p["n_futures"]), s_fut)
-    lineage = outcome[:, 0]
-
-    # Measurement: library size, batch effects, negative-binomial sampling.
+    # Measurement: library size, batches, negative-binomial sampling.
     crng = np.random.default_rng(s_count)
     batch = crng.integers(0, n_batches, n_cells)
     gene_effect = np.exp(p["batch_log_sd"] * crng.standard_normal((n_batches, n_genes)))
     lib_effect = np.exp(p["batch_library_log_sd"] * crng.standard_normal(n_batches))
-    lib = p["library_size"] * np.exp(p["library_log_sd"] * crng.standard_normal(n_cells)) * lib_effect[batch]
-    u_true = (u * net.alpha_max / net.beta).astype(np.float32)
-    s_true = (s * net.alpha_max / net.gamma).astype(np.float32)
-    scale = lib[:, None] * gene_effect[batch]
-    spliced = _negative_binomial(crng, s_true * scale, p["nb_theta"])
-    unspliced = _negative_binomial(crng, u_true * scale, p["theta_unspliced"])
-
-    fates = list(net.fates)
     obs_names = pd.Index([f"cell{i:05d}" for i in range(n_cells)])
-    lineage_names = np.array(fates)[lineage]
-    obs = pd.DataFrame({
-        "fate": pd.Categorical(np.where(waiting, "progenitor", lineage_names), categories=["progenitor"] + fates),
-        "lineage": pd.Categorical(lineage_names, categories=fates),
-        "pseudotime": (age / p["t_diff"]).astype(np.float64),
-        "differentiating": ~waiting,
-        "committed": probs[np.arange(n_cells), lineage] >= 0.9,
-        "batch": pd.Categorical([f"batch{b}" for b in batch], categories=[f"batch{b}" for b in range(n_batches)]),
-        "library_size": lib,
-    }, index=obs_names)
-    adata = ad.AnnData(X=sp.csr_matrix(spliced), obs=obs, var=net.var_frame())
-    adata.layers["spliced"] = sp.csr_matrix(spliced)
-    adata.layers["unspliced"] = sp.csr_matrix(unspliced)
-    adata.layers["velocity_true"] = (net.alpha_max * (u - s)).astype(np.float32)
-    adata.layers["spliced_true"], adata.layers["unspliced_true"] = s_true, u_true
-    adata.obsm["fate_probs_true"] = pd.DataFrame(probs, index=obs_names, columns=fates)
-    adata.uns["fate_names"] = np.array(fates, dtype=object)
+    adata = _measure(net, p, crng, u, s, waiting, age, probs, outcome[:, 0], batch, gene_effect,
+                     lib_effect, obs_names)
+    adata.uns["fate_names"] = np.array(list(net.fates), dtype=object)
     adata.uns["grn"] = net.grn_dict()
     adata.uns["simulation"] = {"simulator_version": SIMULATOR_VERSION, "seed": int(seed),
                                "n_cells": int(n_cells), "n_genes": int(n_genes), "n_fates": int(n_fates),
