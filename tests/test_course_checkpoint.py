@@ -193,6 +193,15 @@ def test_the_recipe_and_the_command_line_refuse_before_training(tmp_path, capsys
     assert _snapshot(user) == {"analysis.csv": b"precious\n"}
 
 
+def test_the_training_run_folder_of_the_recipe_keeps_a_users_files(corpus, recipe, tmp_path):
+    user = tmp_path / "my_results"
+    user.mkdir()
+    (user / "analysis.csv").write_text("precious\n")
+    with pytest.raises(FileExistsError, match="does not write"):
+        train_course_model(user, recipe, corpus=corpus, max_steps=1, progress=False)
+    assert _snapshot(user) == {"analysis.csv": b"precious\n"}
+
+
 def test_a_course_checkpoint_is_replaced_only_when_asked(tiny, tmp_path):
     target = tmp_path / "course"
     _write(tiny, target, tmp_path, {"run": 1})
