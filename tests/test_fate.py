@@ -152,7 +152,7 @@ def test_fate_probs_survive_write_h5ad_and_drivers_after_reload(tmp_path):
     import anndata as ad
 
     _, b, g = simulated_fates()
-    drivers = tflib.tl.fate_drivers(b, g, n_top=10)
+    drivers = tflib.tl.fate_drivers(b, estimator=g, n_top=10)
     path = tmp_path / "fates.h5ad"
     b.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -166,7 +166,7 @@ def test_fate_probs_survive_write_h5ad_and_drivers_after_reload(tmp_path):
 
 def test_fate_drivers_table_and_biology():
     raw, b, g = simulated_fates()
-    table = tflib.tl.fate_drivers(b, g, n_top=15)
+    table = tflib.tl.fate_drivers(b, estimator=g, n_top=15)
     assert list(table.columns) == ["fate", "rank", "gene", "corr", "pval", "qval", "ci_low", "ci_high"]
     assert table.groupby("fate").size().eq(15).all()
     assert ((table["qval"] >= table["pval"] - 1e-15) & (table["qval"] <= 1)).all()
@@ -269,13 +269,14 @@ def test_progenitor_pool_as_terminal_state_warns_and_names_n_initial():
     origin = [m for m in msgs if "where the flow starts" in m]
     assert len(origin) == 1 and "n_initial=1" in origin[0] and "terminal_states=[...]" in origin[0], msgs
     info = b.uns["tflib_fates"]
-    assert "terminal_state_at_origin" in info["warnings"]
+    assert "terminal_state_at_origin" in info["warnings"] and len(info["origin_terminal_states"]) == 1
     # the flagged state is the simulator's progenitor pool: nothing flows in, much flows out
     flow = pd.DataFrame({"inflow": info["macrostate_inflow"], "outflow": info["macrostate_outflow"]},
                         index=info["macrostates"])
     start = flow.index[(flow["inflow"] < 0.25 * flow["outflow"])]
     assert len(start) == 1 and _majority(b, start[0])[0] == "progenitor"
     assert b.obsm["fp_all"].shape == (b.n_obs, 4) and len(b.uns["fp_all_names"]) == 4
+    assert list(tflib.tl.fate_probs_frame(b, probs_key="fp_all").columns) == list(b.uns["fp_all_names"])
     # with the setting the warning names, the pool is set aside and nothing is flagged
     _, c, _ = simulated_fates()
     with warnings.catch_warnings(record=True) as rec:
@@ -322,7 +323,7 @@ def test_absorption_of_unrepresented_clusters_warns():
     P[:, 1] = 1 - P[:, 0]
     with pytest.warns(tflib.tl.FateWarning, match=r"B_1 \(mostly 'B'\) absorbs clusters \['C'\]") as rec:
         out = warn_absorption(a, P, ["B_1", "D_1"], "clusters")
-    assert out == {"C": "B_1"} and "terminal_states=['B', 'C', 'D']" in str(rec[0].message)
+    assert out == {"C": "B_1"} and "terminal_states=['B', 'D'] plus the absorbed clusters" in str(rec[0].message)
     assert warn_absorption(a, P, ["B_1", "D_1"], None) == {}
 
 
@@ -423,7 +424,7 @@ def test_quiet_by_default_verbose_on_request(capfd):
 def test_interface_of_fates_and_fate_drivers():
     import inspect
 
-    for verb, data in ((tflib.tl.fates, ["adata"]), (tflib.tl.fate_drivers, ["adata", "estimator"])):
+    for verb, data in ((tflib.tl.fates, ["adata"]), (tflib.tl.fate_drivers, ["adata"])):
         params = inspect.signature(verb).parameters
         positional = [n for n, p in params.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         assert positional == data, (verb.__name__, positional)
@@ -441,7 +442,7 @@ def test_interface_of_fates_and_fate_drivers():
 def test_fate_drivers_qvalues_come_from_tflib_stats():
     _, b, g = simulated_fates()
     with pytest.warns(FutureWarning, match=r"key_added"):
-        table = tflib.tl.fate_drivers(b, g, n_top=5, key="drv_old")
+        table = tflib.tl.fate_drivers(b, estimator=g, n_top=5, key="drv_old")
     assert "drv_old" in b.uns
     wide = b.varm["terminal_lineage_drivers"]
     for fate in b.uns["fate_probs_names"]:
@@ -450,10 +451,10 @@ def test_fate_drivers_qvalues_come_from_tflib_stats():
         np.testing.assert_array_equal(q.to_numpy(), tflib.stats.fdr(p.to_numpy(), method="bh"))
         top = table[table["fate"] == fate].set_index("gene")
         np.testing.assert_array_equal(top["qval"].to_numpy(), q.loc[top.index].to_numpy())
-    by = tflib.tl.fate_drivers(b, g, n_top=5, fdr_method="by", key_added="drv_by")
+    by = tflib.tl.fate_drivers(b, estimator=g, n_top=5, fdr_method="by", key_added="drv_by")
     assert (by["qval"].to_numpy() >= table["qval"].to_numpy()).all() and (by["qval"] > table["qval"]).any()
     with pytest.raises(ValueError, match="fdr_method='holm'"):
-        tflib.tl.fate_drivers(b, g, fdr_method="holm")
+        tflib.tl.fate_drivers(b, estimator=g, fdr_method="holm")
 
 
 def test_gapped_pancreas_warns_that_beta_absorbs_other_endocrine_types():
@@ -475,4 +476,7 @@ def test_gapped_pancreas_warns_that_beta_absorbs_other_endocrine_types():
     assert len(absorbed) == 1, [str(w.message) for w in _fate_warnings(rec)]
     for cluster in ("Alpha", "Delta", "Epsilon"):
         assert f"'{cluster}'" in absorbed[0].split("absorbs clusters")[1].split("]")[0]
-    assert "clusters_absorbed_by_other_state" in gap.uns["tflib_fates"]["warnings"]
+    info = gap.uns["tflib_fates"]
+    assert "clusters_absorbed_by_other_state" in info["warnings"]
+    assert {c: info["absorbed_clusters"][c] for c in ("Alpha", "Delta", "Epsilon")} == dict.fromkeys(
+        ("Alpha", "Delta", "Epsilon"), "Beta")

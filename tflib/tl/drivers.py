@@ -34,8 +34,8 @@ def _estimator_from_adata(adata):
 @renamed_kwargs(key="key_added")
 def fate_drivers(
     adata,
-    estimator=None,
     *,
+    estimator=None,
     lineages: str | Sequence[str] | None = None,
     n_top: int = 20,
     layer: str | None = None,
@@ -47,7 +47,7 @@ def fate_drivers(
     fdr_method: str = "bh",
     key_added: str = "fate_drivers",
 ) -> pd.DataFrame:
-    """Top driver genes per fate, with correlation, p-value and Benjamini--Hochberg q-value.
+    """Top driver genes per fate, with correlation, p-value and Benjamini--Hochberg q-value (chapter 09).
 
     Wraps CellRank's ``compute_lineage_drivers``: for every gene and fate, the Pearson
     correlation between expression and fate probability across cells, a two-sided p-value
@@ -60,7 +60,8 @@ def fate_drivers(
     adata
         Output of :func:`tflib.tl.fates` (possibly after ``write_h5ad``/``read_h5ad``).
     estimator
-        The GPCCA returned by :func:`tflib.tl.fates`; rebuilt from ``adata`` when ``None``.
+        The GPCCA returned by :func:`tflib.tl.fates` (keyword-only: ``estimator=g``); rebuilt
+        from ``adata`` when ``None``.
     lineages
         Fates to test (default: all columns of ``.obsm["fate_probs"]``).
     n_top

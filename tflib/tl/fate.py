@@ -3,17 +3,21 @@
 Chapter 09 (fate mapping) runs :func:`fates` after :func:`tflib.tl.velocity`; chapter 10 compares
 its output with the Transcriptformer-based kernels.
 
-Keys written by :func:`fates`:
+Keys written by :func:`fates` (``key_added="fate_probs"`` by default):
 
-- ``.obsm["fate_probs"]``: cells × terminal states, a plain ``float64`` NumPy array whose rows
+- ``.obsm[key_added]``: cells × terminal states, a plain ``float64`` NumPy array whose rows
   sum to 1 (CellRank's ``Lineage`` converted, because ``write_h5ad`` fails on ``Lineage``).
-- ``.uns["fate_probs_names"]``: the column names of ``fate_probs`` (the terminal states).
-- ``.uns["fate_probs_colors"]``: CellRank's colour per terminal state (plots may use their own).
+- ``.uns[key_added + "_names"]``: its column names (the terminal states).
+- ``.uns[key_added + "_colors"]``: CellRank's colour per terminal state (plots may use their own).
 - ``.obs["macrostate"]``, ``.obs["terminal_state"]``: categorical; cells that belong to no
   macrostate / terminal state are ``NaN``. Only the ``n_cells`` most typical cells of a state
-  carry its label.
+  carry its label. ``.obs["initial_state"]`` likewise, with ``n_initial >= 1``.
 - ``.uns["tflib_fates"]``: settings and diagnostics (weights, number of macrostates, the
-  stability of each macrostate, the terminal states, how they were chosen, versions).
+  stability and coarse inflow/outflow of each macrostate, the terminal states, how they were
+  chosen, the :class:`~tflib.tl.fate_checks.FateWarning` kinds raised, versions).
+
+The input checks and the diagnostics live in :mod:`tflib.tl.fate_checks`. A failed call leaves
+``adata`` as it was (CellRank's partial writes are rolled back).
 - CellRank's own keys, kept so that ``cellrank.estimators.GPCCA.from_adata(adata,
   obsp_key="T_fwd")`` rebuilds the estimator (and :func:`tflib.tl.fate_drivers` works after a
   reload): ``.obsp["T_fwd"]``, ``.obs["macrostates_fwd"|"term_states_fwd"|...]``,
@@ -276,6 +280,7 @@ def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, ter
         g.predict_initial_states(n_states=int(n_initial), n_cells=n_cells)
         initial = [str(c) for c in g.initial_states.cat.categories]
     issues: list[str] = []
+    origins: list[str] = []
     if terminal_states is None:
         candidates = pd.Series({k: v for k, v in stability.items() if k not in initial}, dtype=float)
         if n_terminal is not None:
@@ -304,7 +309,8 @@ def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, ter
                 + "). "
                 + hint
             )
-        if checks.warn_origin_terminal(chosen, balance, how=how):
+        origins = checks.warn_origin_terminal(chosen, balance, how=how)
+        if origins:
             issues.append("terminal_state_at_origin")
         g.set_terminal_states(chosen, n_cells=n_cells)
     else:
@@ -337,7 +343,8 @@ def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, ter
     elif "initial_state" in adata.obs:
         del adata.obs["initial_state"]
     _delineage(adata)
-    if checks.warn_absorption(adata, probs, names, cluster_key):
+    absorbed = checks.warn_absorption(adata, probs, names, cluster_key)
+    if absorbed:
         issues.append("clusters_absorbed_by_other_state")
     adata.uns["tflib_fates"] = {
         "velocity_weight": float("nan") if given else float(velocity_weight),
@@ -357,6 +364,8 @@ def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, ter
         "cluster_key": cluster_key or "",
         "key_added": key_added,
         "warnings": issues,
+        "origin_terminal_states": list(origins),
+        "absorbed_clusters": dict(absorbed),
         "use_petsc": bool(use_petsc),
         "seed": int(seed),
         "cellrank_version": str(cr.__version__),
@@ -364,9 +373,23 @@ def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, ter
     return g
 
 
-def fate_probs_frame(adata) -> pd.DataFrame:
-    """``.obsm["fate_probs"]`` as a DataFrame (cells × terminal states) with named columns."""
-    if "fate_probs" not in adata.obsm:
-        raise KeyError("adata.obsm has no 'fate_probs': run `tflib.tl.fates(adata)` first.")
-    names = list(adata.uns.get("fate_probs_names", range(adata.obsm["fate_probs"].shape[1])))
-    return pd.DataFrame(np.asarray(adata.obsm["fate_probs"]), index=adata.obs_names, columns=names)
+def fate_probs_frame(adata, *, probs_key: str = "fate_probs") -> pd.DataFrame:
+    """Fate probabilities written by :func:`fates` as a DataFrame (chapters 09 and 10).
+
+    Parameters
+    ----------
+    adata
+        An AnnData after :func:`fates`.
+    probs_key
+        The ``key_added`` given to :func:`fates`: reads ``.obsm[probs_key]`` and its column
+        names from ``.uns[probs_key + "_names"]``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Cells × terminal states (index ``obs_names``); nothing is written to ``adata``.
+    """
+    if probs_key not in adata.obsm:
+        raise KeyError(f"adata.obsm has no {probs_key!r}: run `tflib.tl.fates(adata, key_added={probs_key!r})` first.")
+    names = list(adata.uns.get(f"{probs_key}_names", range(adata.obsm[probs_key].shape[1])))
+    return pd.DataFrame(np.asarray(adata.obsm[probs_key]), index=adata.obs_names, columns=names)

@@ -358,10 +358,12 @@ def warn_absorption(adata, probs: np.ndarray, names, cluster_key, *, min_cells: 
             by_state.setdefault(s, []).append(c)
         listed = "; ".join(f"{s} (mostly {own[s]!r}) absorbs clusters {cs}" for s, cs in by_state.items())
         warnings.warn(
-            f"{listed}: at least {level:.0%} of their cells reach it with probability >= {level}, although no "
-            f"terminal state stands for them in adata.obs[{cluster_key!r}]. If they are fates of their own, ask for "
-            "more macrostates (n_states), or give them as terminal states: "
-            f"terminal_states={sorted(set(own.values()) | set(absorbed))!r} with cluster_key={cluster_key!r}.",
+            f"{listed}: at least {level:.0%} of their cells reach it with probability >= {level}, and no terminal "
+            f"state stands for them in adata.obs[{cluster_key!r}]. That is expected for progenitors that lead only "
+            "there; a cluster that is a fate of its own has no end point and its probabilities say nothing about "
+            "it. Fix for such a fate: ask for more macrostates (n_states), or give the fates by cluster, e.g. "
+            f"terminal_states={sorted(set(own.values()))!r} plus the absorbed clusters that are fates, with "
+            f"cluster_key={cluster_key!r}.",
             FateWarning,
             stacklevel=3,
         )
