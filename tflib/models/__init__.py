@@ -7,9 +7,9 @@ _EXPORTS: dict[str, str] = {
     "Transcriptformer": "transformer",
     "TranscriptformerOutput": "transformer",
     "ClassificationHead": "heads",
-    "load_pretrained": "checkpoint",
+    "load_pretrained": "transformer",
     "CheckpointError": "checkpoint",
-    "from_hf_dir": "hf",
+    "from_hf_dir": "transformer",
     "course_checkpoint": "course",
 }
 

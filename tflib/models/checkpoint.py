@@ -24,7 +24,13 @@ import tempfile
 from pathlib import Path
 
 
-from .transformer import Transcriptformer, TranscriptformerConfig
+from typing import TYPE_CHECKING
+
+from .blocks import TranscriptformerConfig
+from .hf import from_hf_dir, is_hf_dir
+
+if TYPE_CHECKING:  # the model module builds on this one, not the other way round
+    from .transformer import Transcriptformer
 
 FORMAT = "transcriptformer"
 FORMAT_VERSION = 1
@@ -168,21 +174,22 @@ def _read_weights(path: Path) -> dict:
         ) from err
 
 
-def load_pretrained(directory, device=None, load_tokenizer: bool = True):
-    """Load a checkpoint folder; returns ``(model, tokenizer)`` (``tokenizer`` is ``None`` if absent).
+def read_checkpoint(directory, cls, device=None, load_tokenizer: bool = True):
+    """Load a checkpoint folder into a ``cls`` model; returns ``(model, tokenizer)``.
 
+    The implementation behind :func:`tflib.models.load_pretrained` and
+    ``Transcriptformer.from_pretrained`` (chapters 05--07), which pass the model class.
     Accepts tflib checkpoints and HF ``BertForMaskedLM`` folders (detected from
-    ``config.json``). The model is in eval mode, on ``device`` (default: CPU).
+    ``config.json``). The model is in eval mode, on ``device`` (default: CPU); ``tokenizer`` is
+    ``None`` when the folder holds none.
     """
-    from .hf import from_hf_dir, is_hf_dir
-
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no config.json in {directory}; is this a checkpoint folder?")
     tok = tokenizer_info(directory)
     if is_hf_dir(directory):
-        model = from_hf_dir(directory)
+        model = from_hf_dir(directory, cls)
     else:
         try:
             meta = json.loads(cfg_path.read_text())
@@ -219,7 +226,7 @@ def load_pretrained(directory, device=None, load_tokenizer: bool = True):
                 f"tokenizer_config.json says {tok.get('preset')!r} (V1 and V2 differ in special tokens and "
                 "length). Save the model again with the tokenizer it was trained with."
             )
-        model = Transcriptformer(config)
+        model = cls(config)
         state[TIED] = state["embeddings.word.weight"]
         try:
             model.load_state_dict(state, strict=True)

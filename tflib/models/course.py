@@ -84,7 +84,7 @@ def course_checkpoint(*, retrain: bool = False, cache_dir=None, device=None):
     """
     from tflib.utils import get_device
 
-    from .checkpoint import load_pretrained
+    from .transformer import load_pretrained
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if retrain:

@@ -11,7 +11,12 @@ import warnings
 from pathlib import Path
 
 
-from .transformer import Transcriptformer, TranscriptformerConfig
+from typing import TYPE_CHECKING
+
+from .blocks import TranscriptformerConfig
+
+if TYPE_CHECKING:  # the model module builds on this one, not the other way round
+    from .transformer import Transcriptformer
 
 
 def hf_config(config: TranscriptformerConfig, attn_implementation: str | None = None):
@@ -97,15 +102,18 @@ def key_map(n_layer: int) -> dict[str, str]:
     return m
 
 
-def from_hf_bert(hf_model) -> Transcriptformer:
-    """A :class:`Transcriptformer` with the weights of ``hf_model`` (a ``BertForMaskedLM``)."""
+def from_hf_bert(hf_model, cls) -> Transcriptformer:
+    """A ``cls`` (a :class:`Transcriptformer`) with the weights of ``hf_model`` (a ``BertForMaskedLM``).
+
+    Called as ``Transcriptformer.from_hf_bert(hf_model)`` (chapter 05).
+    """
     if type(hf_model).__name__ != "BertForMaskedLM":
         raise TypeError(
             f"expected transformers.BertForMaskedLM, got {type(hf_model).__name__}; "
             "load the checkpoint with BertForMaskedLM.from_pretrained(...) first."
         )
     config = config_from_hf(hf_model.config)
-    model = Transcriptformer(config)
+    model = cls(config)
     theirs = hf_model.state_dict()
     state = {}
     for ours, key in key_map(config.n_layer).items():
@@ -153,7 +161,7 @@ def is_hf_dir(directory) -> bool:
     return meta.get("model_type") == "bert"
 
 
-def from_hf_dir(directory) -> Transcriptformer:
+def from_hf_dir(directory, cls) -> Transcriptformer:
     """Load a folder written by ``BertForMaskedLM.save_pretrained`` (config.json + weights).
 
     Only local files are read (no hub access). Weights that the folder lacks (e.g. a
@@ -172,4 +180,4 @@ def from_hf_dir(directory) -> Transcriptformer:
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("cls.predictions.decoder")]
     if missing:
         warnings.warn(f"{directory}: {len(missing)} tensors were missing and are randomly initialised: {missing[:5]}")
-    return from_hf_bert(hf)
+    return from_hf_bert(hf, cls)

@@ -28,7 +28,12 @@ from torch import nn
 
 from .blocks import (ACTIVATIONS, MLP, Block, Embeddings, Encoder, Packing, SelfAttention,  # noqa: F401
                      TranscriptformerConfig)
+from .checkpoint import read_checkpoint
+from .checkpoint import save_pretrained as _save_pretrained
 from .heads import ClassificationHead, MLMHead  # noqa: F401
+from .hf import from_hf_bert as _from_hf_bert
+from .hf import from_hf_dir as _from_hf_dir
+from .hf import to_hf_bert as _to_hf_bert
 
 
 @dataclass
@@ -200,9 +205,7 @@ class Transcriptformer(nn.Module):
 
         See :func:`tflib.models.checkpoint.save_pretrained`.
         """
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, tokenizer=tokenizer, overwrite=overwrite)
+        return _save_pretrained(self, directory, tokenizer=tokenizer, overwrite=overwrite)
 
     @classmethod
     def from_pretrained(cls, directory, device=None) -> "Transcriptformer":
@@ -211,20 +214,31 @@ class Transcriptformer(nn.Module):
         The tokenizer saved beside the weights, if any, is in ``model.tokenizer``
         (``None`` otherwise); :func:`tflib.models.load_pretrained` returns both as a tuple.
         """
-        from .checkpoint import load_pretrained
-
-        model, _ = load_pretrained(directory, device=device)
+        model, _ = read_checkpoint(directory, cls, device=device)
         return model
 
     @classmethod
     def from_hf_bert(cls, hf_model) -> "Transcriptformer":
         """Copy the weights of a ``transformers.BertForMaskedLM`` into a new Transcriptformer."""
-        from .hf import from_hf_bert
-
-        return from_hf_bert(hf_model)
+        return _from_hf_bert(hf_model, cls)
 
     def to_hf_bert(self, attn_implementation: str | None = None):
         """Return an equivalent ``transformers.BertForMaskedLM`` (weights copied)."""
-        from .hf import to_hf_bert
+        return _to_hf_bert(self, attn_implementation=attn_implementation)
 
-        return to_hf_bert(self, attn_implementation=attn_implementation)
+
+def load_pretrained(directory, device=None, load_tokenizer: bool = True):
+    """Load a checkpoint folder; returns ``(model, tokenizer)`` (``tokenizer`` is ``None`` if absent).
+
+    Accepts tflib checkpoints and HF ``BertForMaskedLM`` folders (detected from
+    ``config.json``). The model is in eval mode, on ``device`` (default: CPU). Chapters 05--07.
+    """
+    return read_checkpoint(directory, Transcriptformer, device=device, load_tokenizer=load_tokenizer)
+
+
+def from_hf_dir(directory) -> Transcriptformer:
+    """Load a folder written by ``BertForMaskedLM.save_pretrained`` as a :class:`Transcriptformer`.
+
+    Only local files are read (no hub access); see :func:`tflib.models.hf.from_hf_dir`.
+    """
+    return _from_hf_dir(directory, Transcriptformer)
