@@ -396,7 +396,7 @@ kang = tds.load("kang_pbmc")
 cell_types = ["CD14 Mono", "B", "CD4 Naive T"]
 cells = [int(np.flatnonzero(kang.obs["cell_type"] == ct)[0]) for ct in cell_types]
 # the course vocabulary keeps 2,000 genes: most Kang genes are outside it by design, but they carry few counts
-tokens = ck_tokenizer.encode(kang[cells], min_gene_fraction=0.0, min_count_fraction=0.5)
+tokens = ck_tokenizer.encode(kang[cells])  # the default coverage check is on counts (chapter 04)
 ids_of_kang = vocab.map_genes(list(kang.var_names)).ids
 symbol_of = {int(i): s for i, s in zip(ids_of_kang, kang.var_names) if i >= 0}
 symbol_of.update({vocab.cls_id: "<cls>", vocab.eos_id: "<eos>", vocab.pad_id: "<pad>"})

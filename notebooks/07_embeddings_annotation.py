@@ -139,7 +139,7 @@ glue("c07_n_test", len(split.test), display=False)
 
 # %%
 model, tokenizer = course_checkpoint()
-tokens = tokenizer.encode(adata, check_coverage=False)
+tokens = tokenizer.encode(adata)
 assert len(tokens) == adata.n_obs  # every cell has tokens
 tl.embed(adata, model, tokenizer, key_added="X_tf", tokens=tokens)
 train_tokens = [tokens[i] for i in np.flatnonzero(train_mask)]

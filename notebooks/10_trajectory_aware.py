@@ -114,8 +114,9 @@ print(f"genes in the vocabulary: {known.mean():.0%} as simulated, {relabelled.me
 assert known.mean() < 0.25 and relabelled.all()
 
 # %% [markdown]
-# Only {glue:text}`c10_known_frac:.0f` % of the simulated genes are in the vocabulary, below
-# the tokenizer's 25 % safety threshold. The simulator's symbols are labels only (a simulated
+# Only {glue:text}`c10_known_frac:.0f` % of the simulated genes are in the vocabulary, so most of
+# each cell's counts would be dropped and the tokenizer's coverage check (on counts) would
+# refuse the cells. The simulator's symbols are labels only (a simulated
 # *SOX2* has nothing to do with the real one), so we may relabel them. `tflib.tl.vocab_labels`
 # gives each simulated gene a distinct vocabulary gene whose tokenizer median is closest to
 # the gene's own median expression. Matching medians keeps the rank-value normalisation of
