@@ -59,6 +59,15 @@ _EXPORTS: dict[str, str] = {
     "LinearFateModel": "perturb_baselines",
     "perturb_linear": "perturb_baselines",
     "matched_random_genes": "perturb_baselines",
+    "ResponseWarning": "response",
+    "counts_from_lognorm": "response",
+    "response_baselines": "response",
+    "latent_arithmetic": "response",
+    "LatentArithmeticResult": "response",
+    "top_de_genes": "response",
+    "response_r2": "response",
+    "response_scores": "response",
+    "additive_doubles": "response",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
