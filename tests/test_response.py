@@ -261,11 +261,14 @@ def test_latent_arithmetic_runs_and_leaves_the_data_alone():
                    obs=pd.DataFrame(obs, columns=["cell_type", "condition"], index=[f"c{i}" for i in range(len(obs))]),
                    var=pd.DataFrame(index=[f"gene{j}" for j in range(G)]))
     snap = _snapshot(a)
+    import torch
+    threads = torch.get_num_threads()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = R.latent_arithmetic(a, **KW, n_top_genes=None, max_epochs=60, lr=1e-2, n_hidden=32, n_latent=4,
                                   gene_likelihood="poisson", n_samples=5, n_de_genes=10)
     _same(a, snap)
+    assert torch.get_num_threads() == threads                 # the thread setting is restored
     assert list(res.means.columns) == ["control", "truth", "latent_arithmetic", "latent_shift", "additive",
                                        "no_change", "decoded_control"]
     assert res.predicted.shape == (n, G) and res.settings["n_train_cells"] == 7 * n
