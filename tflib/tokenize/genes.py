@@ -67,6 +67,11 @@ def _table_path(name: str, given) -> Path:
     return Path(fetch(name))
 
 
+def _two_columns(dataset: str, path, names: list[str]) -> pd.DataFrame:
+    """A header-less two-column CSV of strings (empty cells stay empty strings)."""
+    return pd.read_csv(_table_path(dataset, path), header=None, names=names, dtype=str, keep_default_na=False)
+
+
 def load_gencode_table(path: str | os.PathLike | pd.DataFrame | None = None) -> pd.DataFrame:
     """Human Ensembl gene ID -> symbol (GENCODE v44, 62,754 rows), as columns ``gene_id, symbol``.
 
@@ -75,8 +80,7 @@ def load_gencode_table(path: str | os.PathLike | pd.DataFrame | None = None) -> 
     """
     if isinstance(path, pd.DataFrame):
         return path
-    df = pd.read_csv(_table_path("gencode_v44_id2name", path), header=None, names=["gene_id", "symbol"],
-                     dtype=str, keep_default_na=False)
+    df = _two_columns("gencode_v44_id2name", path, ["gene_id", "symbol"])
     df["gene_id"] = [strip_version(g) for g in df["gene_id"]]
     return df
 
@@ -89,8 +93,7 @@ def load_ortholog_table(path: str | os.PathLike | pd.DataFrame | None = None) ->
     """
     if isinstance(path, pd.DataFrame):
         return path
-    df = pd.read_csv(_table_path("human2mouse_orthologs", path), header=None, names=["human", "mouse"],
-                     dtype=str, keep_default_na=False)
+    df = _two_columns("human2mouse_orthologs", path, ["human", "mouse"])
     return df[(df["human"] != "") & (df["mouse"] != "")].reset_index(drop=True)
 
 
