@@ -35,17 +35,22 @@ def pad_cells(cells, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, lengths
 
 
-def gene_positions(ids: torch.Tensor, lengths: torch.Tensor, gene_ids: torch.Tensor) -> torch.Tensor:
+def gene_positions(ids: torch.Tensor, lengths: torch.Tensor, gene_ids: torch.Tensor,
+                   n_tokens: int | None = None) -> torch.Tensor:
     """Position of each gene token in each cell, ``-1`` where absent: ``(N, G)`` long.
 
-    Token ids are unique within a cell (one token per gene), so the first match is the match.
+    Token ids are unique within a cell (one token per gene). One scatter fills an
+    ``(N, n_tokens)`` table of positions (memory ``N * n_tokens`` integers, independent of how
+    many genes are asked for), and the genes' columns are read from it.
     """
     N, L = ids.shape
+    n_tokens = int(max(int(ids.max()) if ids.numel() else 0, int(gene_ids.max()) if gene_ids.numel() else 0) + 1
+                   if n_tokens is None else n_tokens)
     valid = torch.arange(L)[None, :] < lengths[:, None]                         # (N, L)
-    hit = (ids[:, :, None] == gene_ids[None, None, :]) & valid[:, :, None]      # (N, L, G)
-    found = hit.any(1)                                                          # (N, G)
-    pos = hit.float().argmax(1)                                                 # (N, G) first True
-    return torch.where(found, pos, torch.full_like(pos, -1))
+    table = torch.full((N, n_tokens), -1, dtype=torch.long)                     # (N, V)
+    rows = torch.arange(N)[:, None].expand(N, L)                                # (N, L)
+    table[rows[valid], ids[valid]] = torch.arange(L)[None, :].expand(N, L)[valid]  # (N, V) position of each token
+    return table[:, gene_ids]                                                   # (N, G)
 
 
 def perturbed_batch(ids: torch.Tensor, lengths: torch.Tensor, cell: torch.Tensor, gene: torch.Tensor,
