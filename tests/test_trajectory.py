@@ -272,3 +272,20 @@ def test_a_failed_kernel_leaves_the_graphs_as_they_were(monkeypatch):
     with pytest.raises(RuntimeError, match="simulated CellRank failure"):
         tflib.tl.embedding_kernel(b, seed=0)
     assert_unchanged(b, before)                                          # no tf_connectivities left behind
+
+
+def test_embedding_kernel_keeps_a_users_graph_under_its_key():
+    """Issue 10 section 1: a graph the user made under neighbors_key is not replaced silently."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(np.zeros((40, 3), dtype=np.float32))
+    a.obsm["X_tf"] = rng.normal(size=(40, 4))
+    a.obsm["velocity_tf"] = rng.normal(size=(40, 4))
+    a.uns["neighbors"] = {}
+    users = sp.identity(40, format="csr")
+    a.obsp["tf_connectivities"] = users
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tflib.tl.embedding_kernel(a)
+    assert a.obsp["tf_connectivities"] is users and "tflib_embedding_kernel" not in a.uns

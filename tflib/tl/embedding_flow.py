@@ -207,7 +207,8 @@ def _project(adata, E, vkey, xkey, use) -> np.ndarray:
 
 def embedding_kernel(adata, *, xkey: str = "X_tf", vkey: str = "velocity_tf", velocity_weight: float = 0.8,
                      connectivity_weight: float = 0.2, n_neighbors: int = 30, neighbors_key: str = "tf",
-                     similarity: str = "cosine", softmax_scale: float | None = None, seed: int = 0):
+                     similarity: str = "cosine", softmax_scale: float | None = None, seed: int = 0,
+                     overwrite: bool = False):
     """A CellRank 2 kernel on the Transcriptformer embedding (chapter 10).
 
     ``velocity_weight * VelocityKernel(attr="obsm", xkey, vkey) + connectivity_weight *
@@ -230,6 +231,10 @@ def embedding_kernel(adata, *, xkey: str = "X_tf", vkey: str = "velocity_tf", ve
         Passed to ``VelocityKernel.compute_transition_matrix`` (deterministic model).
     seed
         Seeds the neighbour search and CellRank.
+    overwrite
+        A neighbour graph under ``neighbors_key`` that this function did not write (for example
+        one the user made with ``sc.pp.neighbors(..., key_added=...)``) is kept and the call is
+        refused, unless ``overwrite=True``. A graph it wrote itself is replaced.
 
     Returns
     -------
@@ -237,8 +242,7 @@ def embedding_kernel(adata, *, xkey: str = "X_tf", vkey: str = "velocity_tf", ve
     ``tflib.tl.fates(adata, kernel=...)``. The verb's purpose is this kernel, so it is returned.
 
     Keys written: ``obsp[neighbors_key + "_connectivities"|"_distances"]`` and
-    ``uns[neighbors_key]`` (the embedding's kNN graph; an existing graph under that key is
-    replaced) and ``uns["tflib_embedding_kernel"]`` (the settings). If CellRank fails, the new
+    ``uns[neighbors_key]`` (the embedding's kNN graph; see ``overwrite``) and ``uns["tflib_embedding_kernel"]`` (the settings). If CellRank fails, the new
     graph is removed again and ``adata`` is left as it was.
     """
     for k in (xkey, vkey):
@@ -256,6 +260,12 @@ def embedding_kernel(adata, *, xkey: str = "X_tf", vkey: str = "velocity_tf", ve
         raise ValueError("No gene-space neighbour graph: run `tflib.tl.velocity(adata)` before the embedding kernel.")
     if velocity_weight < 0 or connectivity_weight < 0 or velocity_weight + connectivity_weight <= 0:
         raise ValueError("velocity_weight and connectivity_weight must be >= 0 and not both 0.")
+    ours = adata.uns.get("tflib_embedding_kernel", {}).get("neighbors_key") == neighbors_key
+    theirs = [k for k in (f"{neighbors_key}_connectivities", f"{neighbors_key}_distances") if k in adata.obsp]
+    if (theirs or neighbors_key in adata.uns) and not ours and not overwrite:
+        raise FileExistsError(
+            f"adata already holds a neighbour graph under {neighbors_key!r} ({theirs or 'uns'}) that "
+            "embedding_kernel did not write; pass neighbors_key='another_name' to keep it, or overwrite=True.")
     np.random.seed(seed)
     graph_keys = {"obsp": [f"{neighbors_key}_connectivities", f"{neighbors_key}_distances"], "uns": [neighbors_key]}
     saved = {(where, k): getattr(adata, where)[k] for where, keys in graph_keys.items()
