@@ -43,8 +43,8 @@ _EXPORTS: dict[str, str] = {
     "pca_logreg": "annotate_baselines",
     "project_pca": "annotate_baselines",
     "transfer_labels": "annotate_baselines",
-    "evaluate_predictions": "annotate_baselines",
-    "per_class_recall": "annotate_baselines",
+    "evaluate_predictions": "annotation_metrics",
+    "per_class_recall": "annotation_metrics",
     "baseline_classifiers": "annotate_baselines",
     "finetune_annotator": "annotation",
     "annotate": "annotation",  # not annotate.py: a submodule named like the function would shadow it
@@ -62,11 +62,11 @@ _EXPORTS: dict[str, str] = {
     "ResponseWarning": "response",
     "counts_from_lognorm": "response",
     "response_baselines": "response",
-    "latent_arithmetic": "response",
-    "LatentArithmeticResult": "response",
-    "top_de_genes": "response",
-    "response_r2": "response",
-    "response_scores": "response",
+    "latent_arithmetic": "response_latent",
+    "LatentArithmeticResult": "response_latent",
+    "top_de_genes": "response_metrics",
+    "response_r2": "response_metrics",
+    "response_scores": "response_metrics",
     "additive_doubles": "response",
 }
 

@@ -9,8 +9,11 @@ zero-shot foundation-model embeddings, so they must be in the table):
 * :func:`project_pca` -- the reference's PCA applied to a query (the linear mapping baseline);
 * :func:`transfer_labels` -- kNN majority vote in a shared embedding (the scVI latent space,
   or a query mapped onto a reference with :func:`tflib.tl.map_query`);
-* :func:`evaluate_predictions` -- accuracy, macro-F1 (and, per class, recall) with
-  :func:`tflib.stats.bootstrap_ci`; the Transcriptformer rows of chapter 07 use it too.
+* :func:`baseline_classifiers` -- the above trained and scored on one explicit split.
+
+The scores, accuracy and macro-F1 (:func:`tflib.tl.evaluate_predictions`) and per-class recall
+(:func:`tflib.tl.per_class_recall`), each with a bootstrap interval, live in
+:mod:`tflib.tl.annotation_metrics`; the Transcriptformer rows of chapter 07 use them too.
 
 The expression baselines read log-normalised values from ``layers["lognorm"]`` by default. When
 that layer is absent it is computed on the fly from the raw counts (``layers["counts"]`` if
@@ -21,21 +24,18 @@ gets an error naming the one-line fix instead.
 """
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from tflib._compat import dense, renamed_kwargs
+from tflib.tl.annotation_metrics import evaluate_predictions, per_class_recall  # noqa: F401 (re-export)
 from tflib.tl.splits import Split, check_class_sizes, check_split
 
 __all__ = [
     "pca_logreg",
     "project_pca",
     "transfer_labels",
-    "evaluate_predictions",
-    "per_class_recall",
     "baseline_classifiers",
 ]
 
@@ -313,55 +313,6 @@ def transfer_labels(
     query.obs[key_added] = pd.Categorical(pred)
     query.obs[f"{key_added}_confidence"] = proba.max(axis=1)
     return pd.Series(pred, index=query.obs_names, name=key_added)
-
-
-def evaluate_predictions(
-    y_true, y_pred, *, method: str = "method", n_boot: int = 1000, seed: int = 0
-) -> pd.DataFrame:
-    """Accuracy and macro-F1 with 95 % bootstrap intervals, as one table row per metric.
-
-    Used for every row of the annotation tables (chapters 02 and 07). Test cells whose true
-    class never occurred in training count as errors: that is what a user would experience.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``method, metric, estimate, low, high, n_cells``.
-    """
-    from sklearn.metrics import accuracy_score, f1_score
-
-    from tflib.stats.bootstrap import bootstrap_ci
-
-    y_true = np.asarray(y_true).astype(str)
-    y_pred = np.asarray(y_pred).astype(str)
-    metrics = {
-        "accuracy": accuracy_score,
-        "macro_f1": partial(f1_score, average="macro", zero_division=0),
-    }
-    rows = []
-    for name, fn in metrics.items():
-        res = bootstrap_ci(fn, y_true, y_pred, n_boot=n_boot, seed=seed)
-        rows.append({"method": method, "metric": name, **res.as_dict(), "n_cells": len(y_true)})
-    return pd.DataFrame(rows)
-
-
-def per_class_recall(y_true, y_pred, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Recall of every true class with a 95 % bootstrap interval (rare-type sensitivity, ch. 07).
-
-    Resamples are taken within each class, so a class's interval reflects only its own cells.
-    """
-    from tflib.stats.bootstrap import bootstrap_ci
-
-    y_true = np.asarray(y_true).astype(str)
-    y_pred = np.asarray(y_pred).astype(str)
-    rows = []
-    for i, cls in enumerate(np.unique(y_true)):
-        m = y_true == cls
-        res = bootstrap_ci(lambda t, p: float(np.mean(t == p)), y_true[m], y_pred[m],
-                           n_boot=n_boot, seed=seed + i)
-        rows.append({"class": cls, "recall": res.estimate, "low": res.low, "high": res.high,
-                     "n_cells": int(m.sum())})
-    return pd.DataFrame(rows).set_index("class")
 
 
 def baseline_classifiers(
