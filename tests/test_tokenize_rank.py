@@ -321,6 +321,25 @@ def test_real_shaped_input_takes_the_one_pass_path_and_equals_oracle(monkeypatch
     assert len(set(count[g] / med[g] for g in want[:len(genes)])) < len(genes) / 4   # ties really happen
 
 
+def test_one_pass_keys_find_oov_entries_by_their_padding_key():
+    """Without explicit zeros, the entries of genes outside the vocabulary are found by their key
+    (count / median 0 = +inf, which is the padding key) instead of a per-entry column lookup; the
+    tokens, the counts covered and the cells kept are still the oracle's."""
+    a, vocab, med = _real_shaped(seed=1)
+    X = a.X.tocsr()
+    X.eliminate_zeros()
+    a.X = X
+    assert X.data.min() > 0
+    tok = RankValueTokenizer(vocab, med, preset="V2", max_len=30)
+    with pytest.warns(EmptyCellsWarning):
+        cells = tok.encode(a, chunk_size=7)
+    outside = ~np.isin(np.asarray(a.var_names), vocab.genes)
+    assert outside.any()
+    want = float(X[:, np.flatnonzero(~outside)].sum())
+    np.testing.assert_allclose(cells.report["counts_covered"], want, rtol=1e-12)
+    _assert_equal_to_oracle(tok, a, cells)
+
+
 def test_one_pass_keys_drop_subnormal_safely():
     """Tiny normalised values (subnormal counts / median) switch to the integer sort; same result."""
     a, vocab, med = _real_shaped(seed=3, n_cells=30)

@@ -30,7 +30,7 @@ its order is arbitrary; otherwise both agree.
 How the hot path works
 ----------------------
 Each non-zero entry becomes one 64-bit integer key holding its 43-bit value (inverted) and its
-token id, so that one row-wise sort of a padded table orders every cell of a chunk at once.
+token id, so that one sort of a cell's keys orders its genes by exactly the tie rule.
 The keys and the sort live in :mod:`tflib.tokenize.rank_keys`; this module holds the presets and
 the tokenizer that drives them.
 """
@@ -146,7 +146,7 @@ class RankValueTokenizer(_Tokenizer):
             cols = state.get("columns")
             if cols is None:
                 cols = state["columns"] = ColumnKeys(colmap, self._median_by_id, dup)
-            key, n_valid, covered, as_float = cols.chunk_keys(chunk, data_min)
+            key, n_valid, covered, as_float = cols.chunk_keys(chunk, data_min, total)
             part, rep = sorted_framed(key, chunk.indptr, self.max_genes, self.add_cls, self.add_eos,
                                       self.vocab.cls_id, self.vocab.eos_id, as_float=as_float,
                                       scratch=state, n_valid=n_valid)
