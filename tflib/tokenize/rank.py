@@ -30,7 +30,7 @@ its order is arbitrary; otherwise both agree.
 How the hot path works
 ----------------------
 Each non-zero entry becomes one 64-bit integer key holding its 43-bit value (inverted) and its
-token id, so that one sort of a cell's keys orders its genes by exactly the tie rule.
+token id, so that one row-wise sort of a padded table orders every cell of a chunk at once.
 The keys and the sort live in :mod:`tflib.tokenize.rank_keys`; this module holds the presets and
 the tokenizer that drives them.
 """

@@ -16,16 +16,16 @@ and the token ids are read back from the low bits of the sorted keys.
 All arithmetic is vectorised over whole chunks; when every column of the input is a
 vocabulary gene with a median (the usual case), the keys come straight from two per-column
 tables (median and token bits) indexed by the CSR column indices, without first projecting
-the chunk onto the vocabulary. NumPy has no segmented sort. The tokenizer's path,
-:func:`sorted_framed`, sorts each cell's keys in place (one ``ndarray.sort`` call per cell,
-exactly its ``nnz`` keys) and copies the first ``max_genes`` ids between ``<cls>`` and
-``<eos>``; entries that give no token carry a padding key that sorts last and is never read.
-:func:`sorted_tokens` sorts a padded ``(cells, longest cell)`` table instead
-(``ndarray.sort(axis=1)``), which sorts the padding too. (A global sort of the chunk followed
-by a stable sort on cell ids is about five times slower: one sort over many cells leaves the
-CPU cache.) The sort is most of the time: about 20 ns per key with NumPy 2.2's AVX-512 sort on
-this course's AMD EPYC machine, about 8 ns with its AVX2 sort (``NPY_DISABLE_CPU_FEATURES``,
-see benchmarks/README.md). The keys are sorted
+the chunk onto the vocabulary. NumPy has no segmented sort, so the sort is done on a padded
+table instead, without a Python loop over cells: each cell's keys are copied into one row of
+a ``(cells, longest cell)`` table whose other slots hold a padding key that sorts last,
+``ndarray.sort(axis=1)`` sorts every row in one C call, and each row's first ``nnz`` entries
+are read back (in the usual case, fused with the framing: :func:`sorted_framed` reads only the
+first ``max_genes`` ids of each row, already between ``<cls>`` and ``<eos>``). (A global sort
+of the chunk followed by a stable sort on cell ids is about five times slower: one sort over many cells leaves the CPU cache.)
+The sort is most of the time: about 20 ns per key with NumPy 2.2's AVX-512 sort on this
+course's AMD EPYC machine, about 8 ns with its AVX2 sort (``NPY_DISABLE_CPU_FEATURES``; see
+benchmarks/README.md). The keys are sorted
 through a float64 view (NumPy's float64 sort is slightly faster), which orders them exactly
 like the integers as long as none of them is a NaN bit pattern, i.e. unless some value is
 subnormal; then they are sorted as integers. Vocabularies of more than ``2**20`` tokens take
@@ -103,7 +103,7 @@ class ColumnKeys:
         with np.errstate(divide="ignore", invalid="ignore"):      # count / 0 in oov columns, on purpose
             np.divide(data, value, out=value)                      # counts / median, float64
         key &= ~_LOW                                               # keep the 43 value bits
-        np.take(self._key_bits, indices, out=bits, mode="wrap")         # (nnz,) int64: inverted bits + token id
+        np.take(self._key_bits, indices, out=bits, mode="wrap")    # (nnz,) int64: inverted bits + token id
         key ^= bits
         return key
 
@@ -225,14 +225,11 @@ def sorted_framed(key: np.ndarray, indptr: np.ndarray, max_genes: int, add_cls: 
                   n_valid: np.ndarray | None = None):
     """:func:`sorted_tokens` followed by :func:`assemble`, fused: returns ``(TokenizedCells, report)``.
 
-    Each cell's keys are sorted in place, as a slice of ``key`` (one ``ndarray.sort`` call per
-    cell, exactly ``nnz`` keys), and the low 32 bits of its first ``min(n_valid, max_genes)``
-    sorted keys are copied to the cell's place in the output, between ``<cls>`` and ``<eos>``;
-    the ids past ``max_genes`` are never decoded. Unlike the padded table of
-    :func:`sorted_tokens`, no padding is sorted and nothing is copied in: in a chunk of cells of
-    2,000 to 4,000 genes a quarter of a padded table was padding, and on 5,000 real-shaped cells
-    this function took 0.32 s of CPU against 0.40 s for the padded table in input order (the
-    two Python-level calls per cell cost about 2 us). ``scratch`` is accepted and unused.
+    The padded table gets one spare column per special token: row ``i`` holds ``<cls>``, then
+    the cell's keys (sorted in place as a row view, ``ndarray.sort(axis=1)``), then ``<eos>``
+    written right after its first ``min(nnz, max_genes)`` sorted keys. One boolean gather of
+    the low 32 bits then yields the framed output directly, with no intermediate flat array of
+    all ``nnz`` sorted ids and no decoding of the ids past ``max_genes``.
 
     ``n_valid`` (per row, default: every entry) counts the entries whose key is not the padding
     key: a row's other entries sort after them and are never read (see
@@ -243,28 +240,43 @@ def sorted_framed(key: np.ndarray, indptr: np.ndarray, max_genes: int, add_cls: 
     take = np.minimum(n_valid, max_genes)
     nonempty = n_valid > 0
     c0 = int(bool(add_cls))
-    length = np.where(nonempty, take + c0 + int(bool(add_eos)), 0)             # (n_rows,) framed lengths
-    start = np.zeros(nnz_row.size + 1, dtype=np.int64)                          # each row's place in out
-    np.cumsum(length, out=start[1:])
-    out = np.empty(int(start[-1]), dtype=np.int32)                              # (n_tokens,)
-    flat = key.view(np.float64 if as_float else np.int64)  # float64: same order, no NaN pattern (see above)
-    low = key.view(np.int32)[0::2] if np.little_endian else key.view(np.int32)[1::2]   # (nnz,) low 32 bits
-    rows = np.flatnonzero(nonempty)
-    for lo, hi, k, o in zip(indptr[rows].tolist(), indptr[rows + 1].tolist(), take[rows].tolist(),
-                            start[rows].tolist()):
-        flat[lo:hi].sort()                                # this cell only; its padding keys end up last
-        out[o + c0:o + c0 + k] = low[lo:lo + k]
-    if add_cls:
-        out[start[:-1][nonempty]] = cls_id
-    if add_eos:
-        out[start[1:][nonempty] - 1] = eos_id
+    n_special = c0 + int(bool(add_eos))
+    length = np.where(nonempty, take + n_special, 0)                            # (n_rows,) framed lengths
+    dtype, pad = (np.float64, np.inf) if as_float else (np.int64, np.iinfo(np.int64).max)
+    flat = key.view(dtype)
+    pieces = []
+    for a, b in _row_blocks(nnz_row):
+        lo, hi = int(indptr[a]), int(indptr[b])
+        width = int(nnz_row[a:b].max(initial=0))
+        if width == 0:
+            continue
+        w2 = width + n_special
+        table = _table(scratch, (b - a) * w2).view(dtype).reshape(b - a, w2)     # (rows, specials + width)
+        table.fill(pad)
+        table[_runs(nnz_row[a:b], c0, w2)] = flat[lo:hi]
+        table[:, c0:c0 + width].sort(axis=1)              # every row at once, in place; padding last
+        t64 = table.view(np.int64)
+        if add_cls:
+            t64[:, 0] = cls_id                            # low bits = the id, like every key
+        if add_eos:
+            t64[np.arange(b - a), take[a:b] + c0] = eos_id  # right after the kept keys
+        low = t64.view(np.int32)[:, 0::2] if np.little_endian else t64.view(np.int32)[:, 1::2]
+        pieces.append(low[_runs(length[a:b], 0, w2)])
+    out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
     np.bitwise_and(out, np.int32(_LOW), out=out)                                # low 32 bits -> token ids
-    offsets = np.zeros(rows.size + 1, dtype=np.int64)
+    offsets = np.zeros(int(nonempty.sum()) + 1, dtype=np.int64)
     np.cumsum(length[nonempty], out=offsets[1:])
-    report = {"n_cells_in": int(nnz_row.size), "n_cells_out": int(rows.size),
-              "n_cells_skipped_empty": int(nnz_row.size - rows.size),
-              "n_cells_truncated": int((n_valid > max_genes).sum()), "n_tokens": int(out.size)}
-    return TokenizedCells(out, offsets, rows.astype(np.int64)), report
+    report = {"n_cells_in": int(nnz_row.size), "n_cells_out": int(nonempty.sum()),
+              "n_cells_skipped_empty": int((~nonempty).sum()), "n_cells_truncated": int((n_valid > max_genes).sum()),
+              "n_tokens": int(out.size)}
+    return TokenizedCells(out, offsets, np.flatnonzero(nonempty).astype(np.int64)), report
+
+
+def _runs(n: np.ndarray, skip: int, width: int) -> np.ndarray:
+    """Boolean ``(n.size, width)`` table whose row ``i`` is true in columns ``skip .. skip + n[i] - 1``."""
+    runs = np.empty((n.size, 3), dtype=np.int64)                                # (rows, 3): false, true, false
+    runs[:, 0], runs[:, 1], runs[:, 2] = skip, n, width - skip - n
+    return np.repeat(np.tile(np.array([False, True, False]), n.size), runs.ravel()).reshape(n.size, width)
 
 
 def _table(scratch: dict | None, size: int) -> np.ndarray:
