@@ -52,3 +52,17 @@ def test_failed_call_leaves_adata_unchanged():
     with pytest.raises(ValueError, match="negative"):
         pp.tokenize(a, _tokenizer(synthetic_counts(30, 50)))
     assert (set(a.obsm), set(a.obs.columns), set(a.uns)) == before
+
+
+def test_non_count_x_error_names_a_counts_layer_that_works():
+    a = synthetic_counts(30, 50)
+    counts = a.X.copy()
+    a.layers["counts"] = counts
+    a.layers["unspliced"] = counts.copy()
+    a.X = a.X.astype(np.float64)
+    a.X.data = np.log1p(a.X.data)                      # what a user often has in X
+    tok = _tokenizer(synthetic_counts(30, 50))
+    with pytest.raises(ValueError, match=r"look like raw counts: \['counts'\]; e.g. pass layer='counts'"):
+        pp.tokenize(a, tok)
+    pp.tokenize(a, tok, layer="counts")                 # the suggested fix works
+    assert "tokens" in a.obsm

@@ -165,7 +165,7 @@ def _download(entry: DatasetEntry, cache: Path, tried: list[str]) -> Path:
                 f"Downloading {entry.url} failed: {type(err).__name__}: {err}. "
                 f"If you are offline, put the file in a folder and set the environment variable "
                 f"{MIRROR_ENV}=/path/to/folder, or call load/fetch({entry.name!r}, mirror='/path/to/folder')."
-            ) from err
+            ) from None  # the message already names the network error; its 3-deep chain only buries the fix
         if final.exists():  # appeared meanwhile (another process): keep it if it is good
             if _is_valid(final, entry.sha256):
                 return final

@@ -321,7 +321,7 @@ def _run_fates(cr, adata, *, velocity_weight, connectivity_weight, n_states, ter
     if len(g.terminal_states.cat.categories) == 1:
         issues.append("one_terminal_state")
         warnings.warn(
-            f"Only one terminal state ({g.terminal_states.cat.categories[0]!r}): every cell reaches it with "
+            f"Only one terminal state ({str(g.terminal_states.cat.categories[0])!r}): every cell reaches it with "
             "probability 1. " + hint,
             checks.FateWarning,
             stacklevel=3,

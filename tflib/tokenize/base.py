@@ -254,12 +254,18 @@ class _Tokenizer:
         """
         adata = open_source(adata)
         parts, total = [], new_report()
-        for _, _, part, total in self._iter_encoded(
-                adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
-                chunk_size=chunk_size, check_coverage=check_coverage,
-                min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
-                gene_table=gene_table, ortholog_table=ortholog_table):
-            parts.append(part)
+        try:
+            for _, _, part, total in self._iter_encoded(
+                    adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
+                    chunk_size=chunk_size, check_coverage=check_coverage,
+                    min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
+                    gene_table=gene_table, ortholog_table=ortholog_table):
+                parts.append(part)
+        except TokenizerInputError as err:
+            hint = _count_layers_hint(adata, layer) if input == "counts" else ""
+            if not hint:
+                raise
+            raise TokenizerInputError(f"{err} {hint}") from None
         out = concat(parts, self.config(), total)
         obs = adata.obs if obs_keys is None else adata.obs[list(obs_keys)]
         out.obs = obs.iloc[out.obs_index].copy()
@@ -374,3 +380,28 @@ def validate_token_sequences(cells, tokenizer) -> None:
         if specials and np.isin(tokens, specials).any():
             raise TokenizerMismatchError("These sequences contain <cls>/<eos> ids, but the tokenizer is V1 (no "
                                          "special tokens). Fix: use preset='V2' or re-tokenize with V1.")
+
+
+def _count_layers_hint(adata, layer) -> str:
+    """Name the layers of ``adata`` that hold raw counts, for an error about non-count input.
+
+    Looks at up to 100,000 stored values of each layer (a hint, not a check: the tokenizer
+    still checks every value of the layer the user then passes).
+    """
+    import numpy as np
+
+    layers = getattr(adata, "layers", None)
+    if layers is None:
+        return ""
+    found = []
+    for name in layers.keys():
+        if name == layer or any(w in name.lower() for w in ("unspliced", "ambiguous")):
+            continue  # counts, but of pre-mRNA or unassigned reads: not what a tokenizer should read
+        M = layers[name]
+        vals = np.asarray(M.data if hasattr(M, "data") and not isinstance(M, np.ndarray) else M).ravel()[:100_000]
+        if vals.size and np.issubdtype(vals.dtype, np.number) and np.isfinite(vals).all() and (vals >= 0).all() \
+                and np.array_equal(vals, np.round(vals)) and vals.max() > 0:
+            found.append(name)
+    if not found:
+        return ""
+    return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
