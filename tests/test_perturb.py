@@ -44,17 +44,16 @@ def _looped(adata, model, tok, genes, kind):
     for i in range(len(cells)):
         seq = [int(t) for t in cells[i]]
         e0 = emb(seq)
-        for g in genes:
-            t = vocab.token_to_id(g)
+        for unit in genes:
             new = list(seq)
-            if kind == "delete":
+            for g in (unit if isinstance(unit, tuple) else (unit,)):
+                t = vocab.token_to_id(g)
                 if t in new:
                     new.remove(t)
-            else:
-                if t in new:
-                    new.remove(t)
-                new.insert(1, t)
-            out[(adata.obs_names[cells.obs_index[i]], g)] = float((emb(new) - e0).norm())
+                if kind == "overexpress":
+                    new.insert(1, t)
+            name = "+".join(unit) if isinstance(unit, tuple) else unit
+            out[(adata.obs_names[cells.obs_index[i]], name)] = float((emb(new) - e0).norm())
     return out
 
 
@@ -167,3 +166,28 @@ def test_fate_shift_recovers_a_planted_dependency():
     with pytest.raises(ValueError, match="fate_model was trained with a tokenizer"):
         other = RankValueTokenizer(GeneVocab.from_genes(genes[::-1]), {g: 1.0 for g in genes}, preset="V2")
         tl.perturb(test, model, other, ["G2"], fate_model=ta)
+
+
+@pytest.mark.parametrize("kind", ["delete", "overexpress"])
+def test_combinations_equal_the_looped_edits(setup, kind):
+    """genes=[("A", "B")] perturbs both genes of the tuple in the same cell (issue 12)."""
+    adata, model, tok = setup
+    genes = [("G0", "G3"), ("G7", "G20", "G1"), "G2"]
+    table = tl.perturb(adata, model, tok, genes, kind=kind, batch_size=4)
+    ref = _looped(adata, model, tok, genes, kind)
+    assert set(table["gene"]) == {"G0+G3", "G7+G20+G1", "G2"} and len(table) == 12 * 3
+    got = {(c, g): v for c, g, v in zip(table["cell"], table["gene"], table["embedding_shift_l2"])}
+    np.testing.assert_allclose([got[k] for k in ref], list(ref.values()), atol=1e-5)
+    with pytest.raises(ValueError, match="names a gene twice"):
+        tl.perturb(adata, model, tok, [("G1", "G1")])
+
+
+def test_counts_problems_name_the_fix(setup):
+    adata, model, tok = setup
+    with pytest.raises(KeyError, match="layer=None to read the counts in adata.X"):
+        tl.perturb(adata, model, tok, "G1", encode_kwargs={"layer": "counts"})
+    logged = adata.copy()
+    logged.X = logged.X.astype(np.float64)
+    logged.X.data = np.log1p(logged.X.data) + 0.01
+    with pytest.raises(ValueError, match="not raw counts"):
+        tl.perturb(logged, model, tok, "G1")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["KINDS", "pad_cells", "gene_positions", "perturbed_batch"]
+__all__ = ["KINDS", "pad_cells", "gene_positions", "perturbed_batch", "perturbed_units"]
 
 #: The two perturbations of chapter 11.
 KINDS = ("delete", "overexpress")
@@ -112,3 +112,41 @@ def perturbed_batch(ids: torch.Tensor, lengths: torch.Tensor, cell: torch.Tensor
     mask = torch.arange(new.shape[1])[None, :] < new_len[:, None]               # (V, L')
     new = torch.where(mask, new, torch.full_like(new, pad_id))                  # (V, L') pads beyond
     return new, mask
+
+
+def perturbed_units(ids: torch.Tensor, lengths: torch.Tensor, cell: torch.Tensor, genes: torch.Tensor,
+                    pos: torch.Tensor, *, kind: str, front: int, max_len: int, pad_id: int,
+                    eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`perturbed_batch` for combinations: ``genes`` and ``pos`` are ``(V, k)``.
+
+    Entries of ``genes`` equal to ``-1`` are padding (a unit with fewer than ``k`` genes). The
+    genes of a unit are applied one after the other, on the full sequence, and the result is cut
+    to the context once at the end; for overexpression the unit's last gene ends up first. Used
+    by :func:`tflib.tl.perturb` for ``genes=[("A", "B")]`` (chapter 11).
+    """
+    if genes.dim() == 1 or genes.shape[1] == 1:
+        g, p = genes.reshape(-1), pos.reshape(-1)
+        return perturbed_batch(ids, lengths, cell, g, p, kind=kind, front=front, max_len=max_len,
+                               pad_id=pad_id, eos_id=eos_id)
+    V, k = genes.shape
+    big = int(lengths.max()) + k + 1                                            # no cut in between
+    cur, cur_len = ids[cell], lengths[cell].clone()                             # (V, L), (V,)
+    rows = torch.arange(V)
+    for j in range(k):
+        act = genes[:, j] >= 0                                                  # (V,) units with a j-th gene
+        if not bool(act.any()):
+            continue
+        where = gene_positions(cur, cur_len, genes[act, j].clamp(min=0))        # (V, a) position in the current sequence
+        p = where[torch.nonzero(act).ravel(), torch.arange(int(act.sum()))]     # (a,)
+        new, mask = perturbed_batch(cur, cur_len, rows[act], genes[act, j], p, kind=kind, front=front,
+                                    max_len=big, pad_id=pad_id, eos_id=None)    # (a, L')
+        width = max(cur.shape[1], new.shape[1])
+        grown = torch.full((V, width), pad_id, dtype=cur.dtype)                 # (V, L')
+        grown[:, : cur.shape[1]] = cur
+        grown[act] = torch.nn.functional.pad(new, (0, width - new.shape[1]), value=pad_id)
+        cur = grown
+        cur_len = cur_len.clone()
+        cur_len[act] = mask.sum(1)
+    none = torch.full((V,), -1, dtype=torch.long)
+    return perturbed_batch(cur, cur_len, rows, none, none, kind="delete", front=front, max_len=max_len,
+                           pad_id=pad_id, eos_id=eos_id)                         # cut once, <eos> kept

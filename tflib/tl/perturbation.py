@@ -26,39 +26,52 @@ import torch
 
 from tflib.utils import get_device
 
-from .perturb_tokens import KINDS, gene_positions, pad_cells, perturbed_batch
+from .perturb_tokens import KINDS, gene_positions, pad_cells, perturbed_batch, perturbed_units
 
 __all__ = ["perturb", "perturb_summary"]
 
 
 def _resolve_genes(adata, tokenizer, genes, encode_kwargs):
-    """``(names, token_ids)`` of the genes asked for; names are ``var_names`` (or ``gene_key`` values)."""
+    """``(names, unit_ids (G, k))``: one row per perturbation unit, ``-1`` padding for shorter units.
+
+    A unit is one gene or a tuple of genes perturbed together (named ``"A+B"``). Names are
+    ``var_names`` (or ``gene_key`` values).
+    """
     map_kwargs = {k: encode_kwargs[k] for k in ("gene_key", "id_type", "species") if k in encode_kwargs}
     colmap, _ = tokenizer.gene_columns(adata, check_coverage=False, **map_kwargs)
     gene_key = encode_kwargs.get("gene_key")
     names = np.asarray(adata.var_names if gene_key is None else adata.var[gene_key].astype(str), dtype=object)
     if isinstance(genes, str) and genes == "all":
         keep = colmap >= 0
-        return list(names[keep]), colmap[keep].astype(np.int64)
-    asked = [genes] if isinstance(genes, str) else list(genes)
+        return list(names[keep]), colmap[keep].astype(np.int64)[:, None]
+    asked = [genes] if isinstance(genes, (str, tuple)) else list(genes)
     if not asked:
         raise ValueError("genes is empty; pass a gene name, a list of them, or genes='all'.")
+    units = [tuple(u) if isinstance(u, (tuple, list)) else (u,) for u in asked]
     lookup = {str(n): int(c) for n, c in zip(names, colmap)}
-    unknown = [g for g in asked if g not in lookup]
+    unknown = sorted({g for u in units for g in u if g not in lookup})
     if unknown:
         raise KeyError(f"{len(unknown)} of the genes are not in adata ({unknown[:5]}); genes are matched "
                        f"against {'adata.var_names' if gene_key is None else f'adata.var[{gene_key!r}]'}.")
-    outside = [g for g in asked if lookup[g] < 0]
-    kept = [g for g in asked if lookup[g] >= 0]
+    repeated = [u for u in units if len(set(u)) < len(u)]
+    if repeated:
+        raise ValueError(f"a combination names a gene twice ({repeated[:3]}); list each gene once per tuple.")
+    outside = [u for u in units if any(lookup[g] < 0 for g in u)]
+    kept = [u for u in units if all(lookup[g] >= 0 for g in u)]
     if not kept:
         raise ValueError(f"none of the genes {outside[:5]} is in the tokenizer's vocabulary, so none can be "
                          "perturbed; choose genes the tokenizer knows (tokenizer.gene_columns(adata) >= 0).")
     if outside:
         import warnings
 
-        warnings.warn(f"{len(outside)} gene(s) outside the tokenizer's vocabulary were dropped: {outside[:10]}.",
+        label = ["+".join(u) for u in outside]
+        warnings.warn(f"{len(outside)} gene(s) outside the tokenizer's vocabulary were dropped: {label[:10]}.",
                       stacklevel=3)
-    return kept, np.array([lookup[g] for g in kept], dtype=np.int64)
+    k = max(len(u) for u in kept)
+    ids = np.full((len(kept), k), -1, dtype=np.int64)
+    for i, u in enumerate(kept):
+        ids[i, : len(u)] = [lookup[g] for g in u]
+    return ["+".join(u) for u in kept], ids
 
 
 def _pool(model, ids, mask, *, pooling, layer, special):
@@ -94,7 +107,9 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with.
     genes
         A gene name, a list of names (``adata.var_names``, or ``encode_kwargs["gene_key"]``
-        values), or ``"all"``: every vocabulary gene, in the cells that express it.
+        values), or ``"all"``: every vocabulary gene, in the cells that express it. A tuple in
+        the list, e.g. ``[("GATA1", "SPI1")]``, perturbs its genes together (row ``"GATA1+SPI1"``;
+        ``expressed`` means at least one of them is; ``rank`` is the first gene's).
     kind
         ``"delete"`` (remove the token; cells not expressing the gene are left unchanged and
         marked ``expressed=False``) or ``"overexpress"`` (move the token to the front; a gene the
@@ -145,14 +160,16 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
     if pooling == "cls" and front == 0:
         raise ValueError("pooling='cls' needs tokens that start with <cls> (a V2 tokenizer); use pooling='mean'.")
     special = torch.tensor([vocab.token_to_id(t) for t in vocab.special_tokens], dtype=torch.long)
-    gids = torch.from_numpy(gene_ids)
-    pos = gene_positions(ids, lengths, gids, n_tokens=len(vocab))                        # (N, G)
+    gids = torch.from_numpy(gene_ids)                                                    # (G, k) units, -1 padded
+    flat = gene_positions(ids, lengths, gids.clamp(min=0).reshape(-1), n_tokens=len(vocab))  # (N, G*k)
+    pos = flat.reshape(len(ids), *gids.shape)                                            # (N, G, k)
+    pos = torch.where(gids[None] >= 0, pos, torch.full_like(pos, -1))                    # padding: absent
     if isinstance(genes, str) and genes == "all":
-        cell_v, gene_v = torch.nonzero(pos >= 0, as_tuple=True)                          # expressed pairs only
+        cell_v, gene_v = torch.nonzero(pos[:, :, 0] >= 0, as_tuple=True)                 # expressed pairs only
     else:
         cell_v = torch.arange(len(rows)).repeat_interleave(len(gids))                    # (V,)
         gene_v = torch.arange(len(gids)).repeat(len(rows))                               # (V,)
-    pos_v = pos[cell_v, gene_v]                                                          # (V,)
+    pos_v = pos[cell_v, gene_v]                                                          # (V, k)
     max_len = model.config.max_len
     if fate_model is not None:
         max_len = max(max_len, fate_model._fitted().max_len)
@@ -178,8 +195,8 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         "cell": np.asarray(adata.obs_names)[rows[cell_v.numpy()]],
         "gene": np.asarray(names, dtype=object)[gene_v.numpy()],
         "kind": kind,
-        "expressed": (pos_v >= 0).numpy(),
-        "rank": pos_v.numpy() - front * (pos_v >= 0).long().numpy(),
+        "expressed": (pos_v >= 0).any(1).numpy(),
+        "rank": (pos_v[:, 0] - front * (pos_v[:, 0] >= 0).long()).numpy(),
         "embedding_shift_l2": (emb1 - e0).norm(dim=1).numpy(),
         "embedding_shift_cosine": (1.0 - torch.nn.functional.cosine_similarity(emb1, e0, dim=1)).numpy(),
     })
@@ -271,7 +288,7 @@ def _forward_variants(model, fate_model, ids, lengths, cell_v, gene_tok, pos_v, 
         n = lengths[cell_v]
         has_eos = torch.zeros_like(run) if eos_id is None else ids[cell_v, (n - 1).clamp(min=0)] == eos_id
         limit = torch.where(n > max_len, max_len - has_eos.long(), torch.full_like(n, 1 << 30))  # (V,)
-        run = (pos_v >= 0) & (pos_v < limit)
+        run = ((pos_v >= 0) & (pos_v < limit[:, None])).any(1)                          # (V,) any gene seen
     todo = torch.nonzero(run).ravel()
     n_batches = -(-int(todo.numel()) // batch_size)
     show = progress if progress is not None else int(todo.numel()) > 20_000
@@ -280,7 +297,7 @@ def _forward_variants(model, fate_model, ids, lengths, cell_v, gene_tok, pos_v, 
     for s in tqdm(range(0, int(order.numel()), batch_size), total=n_batches, disable=not show,
                   desc=f"perturb ({kind})"):
         idx = order[s:s + batch_size]
-        new, mask = perturbed_batch(ids, lengths, cell_v[idx], gene_tok[idx], pos_v[idx], kind=kind,
+        new, mask = perturbed_units(ids, lengths, cell_v[idx], gene_tok[idx], pos_v[idx], kind=kind,
                                     front=front, max_len=max_len, pad_id=pad_id, eos_id=eos_id)  # (B, l)
         emb[idx] = _embed(model, new, mask, pooling, layer, special, device)
         if fate_model is not None:

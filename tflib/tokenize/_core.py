@@ -48,7 +48,8 @@ def _matrix(adata, layer: str | None):
     if layer is None:
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers)}.")
+        raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers)}. Fix: name one of "
+                       "them (layer='...'), or layer=None to read the counts in adata.X.")
     return adata.layers[layer]
 
 
