@@ -480,8 +480,8 @@ print(f"{len(known)} of {len(targets)} perturbed genes are in the course vocabul
 # The course checkpoint's 2,000-gene vocabulary, picked from blood and pancreas data, knows
 # {glue:text}`c11_norman_known` of the {glue:text}`c11_norman_targets` genes perturbed here, and
 # the file keeps only 500 measured genes. An in-silico overexpression of a gene without a
-# token is not defined, so the model cannot be tested on this screen: this is what a larger
-# vocabulary (the next issue of the course) is for, and the comparison waits for it.
+# token is not defined, so the model cannot be tested on this screen. A checkpoint with a larger
+# vocabulary is what this comparison needs; until then the additive line stands unchallenged.
 
 # %% [markdown]
 # ## Caveats
