@@ -184,7 +184,7 @@ def test_combinations_equal_the_looped_edits(setup, kind):
 
 def test_counts_problems_name_the_fix(setup):
     adata, model, tok = setup
-    with pytest.raises(KeyError, match="layer=None to read the counts in adata.X"):
+    with pytest.raises(KeyError, match="layer=None to read adata.X"):
         tl.perturb(adata, model, tok, "G1", encode_kwargs={"layer": "counts"})
     logged = adata.copy()
     logged.X = logged.X.astype(np.float64)

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["dense", "renamed_kwargs"]
+__all__ = ["dense", "layer_matrix", "renamed_kwargs"]
 
 
 def dense(M, dtype=np.float64) -> np.ndarray:
@@ -22,6 +22,20 @@ def dense(M, dtype=np.float64) -> np.ndarray:
     (chapters 03, 08--10).
     """
     return np.asarray(M.toarray() if sp.issparse(M) else M, dtype=dtype)
+
+
+def layer_matrix(adata, layer: str | None):
+    """``adata.X`` (``layer=None``) or ``adata.layers[layer]``, with an error that lists the layers.
+
+    The one place where the tokenizers (chapter 04) and the response baselines (chapter 11) read
+    a matrix from an AnnData by layer name.
+    """
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers.keys())}. Fix: name "
+                       "one of them (layer='...'), or layer=None to read adata.X.")
+    return adata.layers[layer]
 
 
 def renamed_kwargs(**renames: str):

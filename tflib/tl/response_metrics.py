@@ -16,19 +16,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tflib._compat import layer_matrix
+
 __all__ = ["top_de_genes", "response_r2", "response_scores"]
 
 
 # --------------------------------------------------------------------------------------------
 # reading the AnnData (also used by tflib.tl.response and tflib.tl.response_latent)
 # --------------------------------------------------------------------------------------------
-def _matrix(adata, layer):
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"adata.layers has no {layer!r}. Available: {list(adata.layers.keys())}. "
-                       "Fix: pass layer=None to use adata.X, or one of the layers listed.")
-    return adata.layers[layer]
+def _matrix(adata, layer: str | None):
+    return layer_matrix(adata, layer)
 
 
 def _obs_column(adata, key, what):

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
+from tflib._compat import layer_matrix
+
 if TYPE_CHECKING:  # pandas only names a type here; the tokenizers' hot path does not need it
     import pandas as pd
 
@@ -45,12 +47,7 @@ def open_source(source, backed: bool = True):
 
 
 def _matrix(adata, layer: str | None):
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyError(f"Layer {layer!r} not found; available layers: {list(adata.layers)}. Fix: name one of "
-                       "them (layer='...'), or layer=None to read the counts in adata.X.")
-    return adata.layers[layer]
+    return layer_matrix(adata, layer)
 
 
 def iter_csr_chunks(adata, layer: str | None = None, chunk_size: int = 2048):
