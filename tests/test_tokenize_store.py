@@ -75,3 +75,23 @@ def test_pp_tokenize_binning_values_and_store(tmp_path):
     s.check_compatible(tok)
     with pytest.raises(TokenizerMismatchError, match="seed|n_bins"):
         s.check_compatible(BinningTokenizer(tok.vocab, n_bins=11))
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_token_store(tmp_path):
+    """Section 1 of issue 10: overwrite=True replaces a token store, never a user's folder."""
+    a = synthetic_counts(20, 30)
+    tok = RankValueTokenizer(GeneVocab.from_genes(a.var_names), gene_medians(a), preset="V2")
+    users = tmp_path / "my_results"
+    users.mkdir()
+    (users / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a token store"):
+        tok.encode_to_store(a, users, overwrite=True)
+    assert (users / "notes.txt").read_text() == "keep me"
+    partial = tmp_path / "store.partial"
+    partial.mkdir()
+    (partial / "mine.csv").write_text("x")
+    with pytest.raises(FileExistsError, match="tflib did not write"):
+        tok.encode_to_store(a, tmp_path / "store")
+    assert (partial / "mine.csv").exists()
+    tok.encode_to_store(a, tmp_path / "real")
+    tok.encode_to_store(a, tmp_path / "real", overwrite=True)       # its own store: replaced

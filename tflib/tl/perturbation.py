@@ -176,7 +176,8 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
 
     was = model.training
     model.eval().to(device)
-    fate_net = fate_model._fitted().net.eval() if fate_model is not None else None
+    if fate_model is not None:
+        fate_model._fitted().net.eval()                                                  # dropout off
     try:
         with torch.no_grad():
             base_emb, base_fate = _forward_all(model, fate_model, ids, lengths, pooling, layer, special,
@@ -186,7 +187,6 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
                                             special, batch_size, device, progress)
     finally:
         model.train(was)
-    del fate_net
     e0 = base_emb[cell_v]                                                                 # (V, D)
     emb1[~ran] = e0[~ran]                                                                 # unseen: unchanged
     if fate_model is not None:

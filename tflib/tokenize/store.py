@@ -32,6 +32,22 @@ if TYPE_CHECKING:
 FORMAT = "tflib.TokenStore"
 
 
+#: Every file a token store folder holds (its own or an unfinished ``.partial`` one).
+_STORE_FILES = {"tokens.bin", "values.bin", "offsets.npy", "lengths.npy", "obs_index.npy", "obs.h5", "store.json"}
+
+
+def _is_store_folder(path: Path, *, complete: bool) -> bool:
+    """True for a folder of token-store files only (with a ``store.json`` of this format when complete)."""
+    if not path.is_dir() or any(p.name not in _STORE_FILES for p in path.iterdir()):
+        return False
+    if not complete:
+        return True
+    try:
+        return json.loads((path / "store.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
 class TokenStoreWriter:
     """Append chunks to a new store; the folder appears under its name only when complete.
 
@@ -48,9 +64,15 @@ class TokenStoreWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it, or choose another path.")
+        if self.path.exists() and not _is_store_folder(self.path, complete=True):
+            raise FileExistsError(f"{self.path} exists and is not a token store that tflib wrote, so it is never "
+                                  "replaced, even with overwrite=True; choose another path.")
         self.tmp = self.path.with_name(self.path.name + ".partial")
         if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+            if not _is_store_folder(self.tmp, complete=False):
+                raise FileExistsError(f"{self.tmp} exists and holds files tflib did not write; move it away or "
+                                      "choose another path.")
+            shutil.rmtree(self.tmp)                      # an unfinished write of ours
         self.tmp.mkdir(parents=True)
         self.config = dict(config)
         self.report: dict = {}
