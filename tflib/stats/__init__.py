@@ -7,6 +7,16 @@ _EXPORTS: dict[str, str] = {
     "BootstrapResult": "bootstrap",
     "fdr": "multiple_testing",
     "row_pearson": "correlation",
+    "rank_test": "hypothesis",
+    "permutation_test": "hypothesis",
+    "depletion_score": "hypothesis",
+    "test_hypotheses": "hypothesis",
+    "validation_table": "scoring",
+    "power": "sizing",  # not power.py: the module would shadow the function
+    "sample_size": "sizing",
+    "pseudobulk": "pseudobulk",
+    "pseudobulk_test": "pseudobulk",
+    "cell_level_test": "pseudobulk",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
