@@ -5,6 +5,7 @@ from tflib._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     # module "tokens", not "tokenize": a submodule named like the function would shadow it
     "tokenize": "tokens", "check_tokenizer": "tokens",
+    "counts_from_lognorm": "counts",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,14 +12,13 @@ simple arithmetic does. Two real-data questions, each scored on the same cells a
 - **Double perturbations (Norman et al. 2019).** :func:`additive_doubles` predicts each double
   ``A+B`` as control + effect of A + effect of B and scores it against the real double.
 
-:func:`counts_from_lognorm` rebuilds raw counts from a log-normalised file when the inversion is
-exact, so that scVI can be trained on it. The scores and the top differentially expressed genes
+:func:`counts_from_lognorm` (home: :mod:`tflib.pp.counts`) rebuilds raw counts from a
+log-normalised file when the inversion is exact, so that scVI can be trained on it. The scores and the top differentially expressed genes
 (:func:`tflib.tl.response_r2`, :func:`tflib.tl.response_scores`, :func:`tflib.tl.top_de_genes`)
 live in :mod:`tflib.tl.response_metrics`, with the two AnnData accessors all three modules
 share; the design checks and the log-normalisation helpers here are shared with latent arithmetic.
 
-Nothing here writes into the caller's AnnData, except :func:`counts_from_lognorm`, which
-documents its keys.
+Nothing here writes into the caller's AnnData.
 """
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tflib.pp.counts import _check_lognorm, counts_from_lognorm  # noqa: F401 (re-exported: tl.counts_from_lognorm)
 from tflib.tl.response_metrics import (  # noqa: F401 (the scores are re-exported: they were defined here)
     _matrix,
     _obs_column,
@@ -103,20 +103,6 @@ def _design(adata, condition_key, control, stimulated, group_key, held_out):
     return cond, group, train, control, stimulated, held_out
 
 
-def _check_lognorm(X, name):
-    """Refuse NaN/inf/negative values and matrices that are obviously raw counts."""
-    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
-    if data.size and not np.isfinite(data).all():
-        raise ValueError(f"{name} contains NaN or infinite values. Fix: remove or impute them first.")
-    if data.size and (data < 0).any():
-        raise ValueError(f"{name} has negative values: it is not log-normalised expression (scaled data?). "
-                         "Fix: pass the log-normalised layer (log1p(counts / total * 1e4)) with layer=.")
-    if data.size and np.all(data == np.round(data)) and data.max() > 1:
-        raise ValueError(f"{name} holds integer counts, not log-normalised expression. Fix: normalise "
-                         "first (sc.pp.normalize_total(a, target_sum=1e4); sc.pp.log1p(a)) or pass the "
-                         "log-normalised layer with layer=.")
-
-
 def _lognorm_counts(C):
     """``log1p(C / rowsum * 1e4)`` as CSR float64 (cells with no counts stay zero)."""
     C = sp.csr_matrix(C, dtype=np.float64)
@@ -151,82 +137,6 @@ def _baseline_frame(X, genes, cond, group, train, control, stimulated, held_out)
 # --------------------------------------------------------------------------------------------
 # counts from a log-normalised matrix
 # --------------------------------------------------------------------------------------------
-def counts_from_lognorm(adata, *, total_key: str, layer: str | None = None, key_added: str = "counts",
-                        tol: float = 0.01, copy: bool = False):
-    """Rebuild raw counts from ``log1p(counts / total * target)`` when that inversion is exact.
-
-    Used in chapter 11 for scGen's Kang split (``tflib.datasets.load("kang_scgen_valid")``),
-    which ships only log-normalised values but keeps each cell's total count in
-    ``obs["n_counts"]``. In every cell the smallest non-zero value is one count, so
-    ``expm1(min) * total`` estimates the normalisation target; the median over cells is used
-    (scanpy's ``normalize_per_cell`` used one target for all cells: 1,832.5 for this file), and
-    ``counts = expm1(X) * total / target`` must then be integers up to ``tol``. If it is not, the
-    matrix is not a plain normalisation of counts and an error is raised: scVI must not be fed
-    non-count data.
-
-    Parameters
-    ----------
-    adata
-        Cells x genes; ``X`` (or ``layers[layer]``) log-normalised.
-    total_key
-        ``obs`` column with each cell's total count before normalisation (scGen file: ``"n_counts"``).
-    layer
-        Layer holding the log-normalised values (``None``: ``X``).
-    key_added
-        Layer the counts are written to.
-    tol
-        Largest accepted distance of a rebuilt count from an integer.
-    copy
-        ``False``: write into ``adata`` and return ``None``. ``True``: return a modified copy.
-
-    Returns
-    -------
-    None, or the modified copy when ``copy=True``.
-
-    Keys written: ``layers[key_added]`` (the counts, float32 CSR) and
-    ``uns["counts_from_lognorm"]`` (the inferred target, the largest rounding residual, ``total_key``).
-
-    Raises
-    ------
-    ValueError
-        When the rebuilt values are not integers (with the residual and the fix).
-    """
-    totals = pd.to_numeric(adata.obs[total_key], errors="coerce").to_numpy(dtype=np.float64) \
-        if total_key in adata.obs else None
-    if totals is None:
-        raise KeyError(f"adata.obs has no column {total_key!r} (total counts per cell). Available: "
-                       f"{list(adata.obs.columns)}. Fix: pass total_key= the column of counts per cell.")
-    if not np.isfinite(totals).all() or (totals <= 0).any():
-        raise ValueError(f"obs[{total_key!r}] must be positive and finite in every cell. Fix: pass the "
-                         "column of total counts per cell.")
-    X = _matrix(adata, layer)
-    _check_lognorm(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
-    E = sp.csr_matrix(X, dtype=np.float64)
-    E.data = np.expm1(E.data)
-    E.eliminate_zeros()
-    nnz = np.diff(E.indptr)
-    if (nnz == 0).any():
-        raise ValueError(f"{int((nnz == 0).sum())} cells have no expressed gene. Fix: remove them first "
-                         "(sc.pp.filter_cells(adata, min_genes=1)).")
-    unit = np.minimum.reduceat(E.data, E.indptr[:-1])
-    target = float(np.median(unit * totals))
-    C = sp.diags(totals / target) @ E
-    C = sp.csr_matrix(C)
-    residual = float(np.abs(C.data - np.round(C.data)).max()) if C.nnz else 0.0
-    if residual > tol:
-        raise ValueError(
-            f"expm1(X) * {total_key} / {target:.4g} is not integer-valued (largest residual {residual:.3g} > "
-            f"tol={tol}): the values are not a plain log1p(counts / total * target) of these totals. "
-            "Fix: use a dataset with raw counts instead (tflib.datasets.load('kang_pbmc') keeps them in X).")
-    C.data = np.round(C.data)
-    C.eliminate_zeros()
-    out = adata.copy() if copy else adata
-    out.layers[key_added] = C.astype(np.float32)
-    out.uns["counts_from_lognorm"] = {"target_sum": target, "max_rounding_residual": residual,
-                                      "total_key": total_key, "source": "X" if layer is None else layer}
-    return out if copy else None
-
-
 # --------------------------------------------------------------------------------------------
 # held-out group: no-change and additive-shift baselines
 # --------------------------------------------------------------------------------------------
