@@ -109,6 +109,32 @@ def test_flow_score_projects_on_velocity(setup):
     assert (t["flow_score"].abs() <= t["embedding_shift_l2"] + 1e-6).all()
 
 
+def test_a_vocabulary_gene_the_assay_did_not_measure_can_be_overexpressed(setup):
+    adata, model, tok = setup
+    unmeasured = adata[:, [g for g in adata.var_names if g != "G1"]].copy()   # G1 is in the vocabulary only
+    gone = tl.perturb(unmeasured, model, tok, "G1", kind="delete")
+    assert not gone["expressed"].any() and (gone["embedding_shift_l2"] == 0).all()
+    up = tl.perturb(unmeasured, model, tok, "G1", kind="overexpress")
+    assert (up["rank"] == -1).all() and (up["embedding_shift_l2"] > 0).all()
+
+
+def test_only_the_chosen_cells_are_perturbed_and_the_goal_uses_all(setup):
+    adata, model, tok = setup
+    full = tl.perturb(adata, model, tok, ["G1", "G2"], goal_key="state", goal=adata.obs["state"].iloc[0])
+    some = adata.obs_names[::3]
+    part = tl.perturb(adata, model, tok, ["G1", "G2"], goal_key="state", goal=adata.obs["state"].iloc[0], cells=some)
+    assert set(part["cell"]) == set(some)
+    pd.testing.assert_frame_equal(part.reset_index(drop=True),
+                                  full[full["cell"].isin(some)].reset_index(drop=True))
+    mask = np.isin(adata.obs_names, some)
+    pd.testing.assert_frame_equal(tl.perturb(adata, model, tok, ["G1", "G2"], cells=mask).reset_index(drop=True),
+                                  tl.perturb(adata, model, tok, ["G1", "G2"], cells=some).reset_index(drop=True))
+    with pytest.raises(KeyError, match="not in adata.obs_names"):
+        tl.perturb(adata, model, tok, "G1", cells=["nope"])
+    with pytest.raises(ValueError, match="selects no cell"):
+        tl.perturb(adata, model, tok, "G1", cells=np.zeros(adata.n_obs, bool))
+
+
 def test_bad_inputs_name_the_fix(setup):
     adata, model, tok = setup
     with pytest.raises(ValueError, match="kind='delete' or kind='overexpress'"):
@@ -117,7 +143,7 @@ def test_bad_inputs_name_the_fix(setup):
         tl.perturb(adata, model, tok, ["G37", "G38"])
     with pytest.warns(UserWarning, match=r"1 gene\(s\) outside the tokenizer's vocabulary were dropped"):
         tl.perturb(adata, model, tok, ["G1", "G37"])
-    with pytest.raises(KeyError, match="not in adata"):
+    with pytest.raises(KeyError, match="neither in adata nor in the tokenizer's vocabulary"):
         tl.perturb(adata, model, tok, ["NOPE"])
     with pytest.raises(ValueError, match="genes is empty"):
         tl.perturb(adata, model, tok, [])

@@ -49,10 +49,13 @@ def _resolve_genes(adata, tokenizer, genes, encode_kwargs):
         raise ValueError("genes is empty; pass a gene name, a list of them, or genes='all'.")
     units = [tuple(u) if isinstance(u, (tuple, list)) else (u,) for u in asked]
     lookup = {str(n): int(c) for n, c in zip(names, colmap)}
+    for g in {g for u in units for g in u if g not in lookup and g in tokenizer.vocab}:
+        lookup[g] = int(tokenizer.vocab.token_to_id(g))                 # a vocabulary gene the assay did not measure
     unknown = sorted({g for u in units for g in u if g not in lookup})
     if unknown:
-        raise KeyError(f"{len(unknown)} of the genes are not in adata ({unknown[:5]}); genes are matched "
-                       f"against {'adata.var_names' if gene_key is None else f'adata.var[{gene_key!r}]'}.")
+        raise KeyError(f"{len(unknown)} of the genes are neither in adata nor in the tokenizer's vocabulary "
+                       f"({unknown[:5]}); genes are matched against "
+                       f"{'adata.var_names' if gene_key is None else f'adata.var[{gene_key!r}]'} and the vocabulary.")
     repeated = [u for u in units if len(set(u)) < len(u)]
     if repeated:
         raise ValueError(f"a combination names a gene twice ({repeated[:3]}); list each gene once per tuple.")
@@ -94,7 +97,7 @@ def _fate_proba(fate_model, ids, mask):
 
 
 def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=None,
-            goal_key: str | None = None, goal: str | None = None, velocity_key: str | None = None,
+            goal_key: str | None = None, goal: str | None = None, velocity_key: str | None = None, cells=None,
             pooling: str = "cls", layer: int = -1, batch_size: int = 16, device=None, tokens=None,
             progress: bool | None = None, encode_kwargs: dict | None = None) -> pd.DataFrame:
     """Delete or overexpress genes in every cell, in silico, and score the shifts (chapter 11).
@@ -107,7 +110,9 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with.
     genes
         A gene name, a list of names (``adata.var_names``, or ``encode_kwargs["gene_key"]``
-        values), or ``"all"``: every vocabulary gene, in the cells that express it. A tuple in
+        values, or vocabulary genes that ``adata`` does not measure: those count as unexpressed,
+        so a deletion changes nothing and an overexpression inserts them), or ``"all"``: every
+        vocabulary gene, in the cells that express it. A tuple in
         the list, e.g. ``[("GATA1", "SPI1")]``, perturbs its genes together (row ``"GATA1+SPI1"``;
         ``expressed`` means at least one of them is; ``rank`` is the first gene's).
     kind
@@ -118,7 +123,12 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         Optional fitted :class:`~tflib.tl.TrajectoryAwareTranscriptformer` (chapter 10) made with
         the same tokenizer: adds one ``fate_shift_<fate>`` column per fate.
     goal_key, goal
-        ``obs`` column and label of the goal state: adds ``goal_cosine_shift``.
+        ``obs`` column and label of the goal state: adds ``goal_cosine_shift``. The goal centroid
+        is the mean unperturbed embedding of *all* cells with that label.
+    cells
+        Which cells to perturb: a boolean mask over ``adata.obs`` or a list of ``obs_names``
+        (default: all). The others still define the goal centroid; Geneformer, for example,
+        perturbs only the start state and scores it against the goal state's centroid.
     velocity_key
         ``obsm`` key of an embedding velocity in the model's embedding space (same pooling and
         layer): adds ``flow_score``.
@@ -147,6 +157,7 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
     _check_models(model, tokenizer, fate_model)
     names, gene_ids = _resolve_genes(adata, tokenizer, genes, encode_kwargs)
     centroid_goal = _goal_check(adata, goal_key, goal)
+    chosen = _chosen_cells(adata, cells)
     if velocity_key is not None and velocity_key not in adata.obsm:
         raise KeyError(f"adata.obsm has no {velocity_key!r}; compute it with tflib.tl.embedding_velocity "
                        "(chapter 10) or leave velocity_key=None.")
@@ -169,6 +180,9 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
     else:
         cell_v = torch.arange(len(rows)).repeat_interleave(len(gids))                    # (V,)
         gene_v = torch.arange(len(gids)).repeat(len(rows))                               # (V,)
+    if chosen is not None:
+        keep = torch.from_numpy(chosen[rows])[cell_v]                                    # (V,) only the chosen cells
+        cell_v, gene_v = cell_v[keep], gene_v[keep]
     pos_v = pos[cell_v, gene_v]                                                          # (V, k)
     max_len = model.config.max_len
     if fate_model is not None:
@@ -231,6 +245,28 @@ def _check_models(model, tokenizer, fate_model):
         if theirs.vocab.fingerprint != tokenizer.vocab.fingerprint:
             raise ValueError("fate_model was trained with a tokenizer whose vocabulary differs from this one; "
                              "pass the tokenizer the fate model was built with (fate_model.tokenizer).")
+
+
+def _chosen_cells(adata, cells):
+    """``cells`` as a boolean mask over ``adata.obs`` (``None``: no selection)."""
+    if cells is None:
+        return None
+    arr = np.asarray(cells)
+    if arr.dtype == bool:
+        if arr.shape != (adata.n_obs,):
+            raise ValueError(f"cells is a boolean mask of length {arr.size}, but adata has {adata.n_obs} cells.")
+        mask = arr
+    else:
+        index = pd.Index(adata.obs_names)
+        pos = index.get_indexer(arr.astype(str))
+        if (pos < 0).any():
+            raise KeyError(f"{int((pos < 0).sum())} of cells are not in adata.obs_names "
+                           f"({list(arr[pos < 0][:5])}); pass obs_names or a boolean mask.")
+        mask = np.zeros(adata.n_obs, bool)
+        mask[pos] = True
+    if not mask.any():
+        raise ValueError("cells selects no cell; nothing would be perturbed.")
+    return mask
 
 
 def _goal_check(adata, goal_key, goal):
