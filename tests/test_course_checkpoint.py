@@ -18,11 +18,13 @@ import torch
 
 from tflib.models import Transcriptformer, TranscriptformerConfig, course_checkpoint
 from tflib.models.course import MARKER, SHIPPED, verify_checkpoint
-from tflib.train.corpus import (COURSE_RECIPE, corpus_from_recipe, evaluate_mlm, load_recipe, main,
-                                train_course_checkpoint, train_course_model)
+from tflib.train.corpus import (COURSE_RECIPE, corpus_from_recipe, load_recipe, main, train_course_checkpoint,
+                                train_course_model)
+from tflib.train.evaluation import evaluate_mlm, evaluate_unseen, frequency_baselines
 from tflib.train.course import write_checkpoint
 
 K = 6  # training steps re-run from scratch
+TARGET_HELDOUT, TARGET_UNSEEN = 5.0, 2.0  # issue 11: model / position-baseline accuracy at <mask> positions
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,13 @@ def recomputed(shipped, corpus, recipe):
     return evaluate_mlm(model, tokenizer, corpus.heldout_cells, corpus.train_cells, **recipe["eval"])
 
 
+@pytest.fixture(scope="module")
+def recomputed_unseen(shipped, recipe):
+    """The scores on real PBMCs from outside the corpus, measured now from the shipped weights."""
+    model, tokenizer = shipped
+    return evaluate_unseen(model, tokenizer, **recipe["eval"])
+
+
 def test_shipped_checkpoint_is_complete_and_small():
     ok, why = verify_checkpoint(SHIPPED)
     assert ok, why
@@ -71,7 +80,7 @@ def test_config_vocab_and_preset_agree_with_the_recipe(shipped, recipe):
     model, tokenizer = shipped
     assert model.config.vocab_size == len(tokenizer.vocab)
     assert tokenizer.preset == "V2" and tokenizer.max_len == recipe["corpus"]["max_len"]
-    assert tokenizer.vocab.n_genes == recipe["corpus"]["n_genes"]
+    assert tokenizer.vocab.n_genes == recipe["corpus"].get("n_genes", tokenizer.vocab.n_genes)
     for key, value in recipe["pretrain"]["model"].items():
         assert getattr(model.config, key) == value, key
     assert model.config.max_len >= tokenizer.max_len
@@ -94,6 +103,7 @@ def test_corpus_rebuilds_the_shipped_tokenizer(shipped, corpus, metrics):
     assert corpus.report["n_cells"] == metrics["corpus"]["n_cells"]
     assert corpus.report["n_heldout"] == metrics["corpus"]["n_heldout"]
     assert len(np.intersect1d(corpus.train, corpus.heldout)) == 0
+    assert tokenizer.vocab.n_genes == metrics["corpus"]["n_genes"] > 10_000      # a vocabulary for any tissue
 
 
 def test_recipe_reproduces_the_first_losses(corpus, recipe, tmp_path):
@@ -102,6 +112,30 @@ def test_recipe_reproduces_the_first_losses(corpus, recipe, tmp_path):
         logged = [float(row["loss"]) for row in csv.DictReader(fh)]
     assert len(logged) == recipe["pretrain"]["max_steps"]
     np.testing.assert_allclose(result.losses, logged[:K], rtol=0, atol=1e-5)
+
+
+def test_an_interrupted_recipe_resumes_with_the_same_losses(corpus, recipe, tmp_path):
+    """What ``python -m tflib.train.corpus --work-dir RUN`` relies on: stop after 3 steps, run again
+    in the same folder with resume, and steps 3.. continue the committed loss log exactly."""
+    run = tmp_path / "run"
+    first, _, _ = train_course_model(run, recipe, corpus=corpus, max_steps=3, progress=False)
+    more, _, _ = train_course_model(run, recipe, corpus=corpus, max_steps=3, progress=False, resume=True)
+    with open(SHIPPED / "loss_log.csv") as fh:
+        logged = [float(row["loss"]) for row in csv.DictReader(fh)]
+    assert [r["step"] for r in more.log] == list(range(6))
+    np.testing.assert_allclose(more.losses, logged[:6], rtol=0, atol=1e-5)
+
+
+def test_scaled_counts_are_turned_back_into_counts_or_refused():
+    import scipy.sparse as sp
+
+    from tflib.train.corpus import _counts_from_scaled
+
+    counts = np.array([[1, 0, 3, 2], [0, 5, 1, 0], [0, 0, 0, 0]], float)
+    scaled = sp.csr_matrix(counts * np.array([[0.68], [2.5], [1.0]]))   # scVelo-style per-cell scaling
+    np.testing.assert_array_equal(_counts_from_scaled(scaled, "toy").toarray(), counts)
+    with pytest.raises(ValueError, match="not a multiple of one count"):
+        _counts_from_scaled(sp.csr_matrix(np.array([[1.0, 1.5, 2.2]])), "toy")
 
 
 def test_heldout_metrics_recomputed_from_the_weights_match_metrics_json(recomputed, metrics):
@@ -123,14 +157,42 @@ def test_headline_is_mask_token_accuracy_beside_the_position_baseline(recomputed
         assert h["n"] == source["mask_token"]["n"] < source["all_chosen"]["n"]
         assert h["model"] == source["mask_token"]["accuracy"]["model"]
         assert h["position_baseline"] == source["mask_token"]["accuracy"]["position"]
-    h = recomputed["headline"]
-    # the claim chapter 06 makes: at <mask> positions the model beats the rank-position baseline
-    # fitted on the training cells (about twice its accuracy), which in turn beats the unigram one
-    assert h["model"] > 1.5 * h["position_baseline"]
     assert recomputed["mask_token"]["accuracy"]["position"] > recomputed["mask_token"]["accuracy"]["unigram"]
-    # why the headline excludes the unchanged 10 %: over all chosen positions the model looks
-    # nearly ten times better, because there it can copy the answer from its input
-    assert recomputed["all_chosen"]["accuracy"]["model"] > 5 * h["model"]
+
+
+def test_the_checkpoint_beats_the_position_baseline_by_issue_11s_factors(recomputed, recomputed_unseen):
+    """Issue 11's targets, measured from the shipped weights: held-out <mask> accuracy >= 5x the
+    rank-position baseline, a loss at least 1 nat below that baseline's cross-entropy, and on
+    real PBMCs the corpus never saw >= 2x a position baseline fitted on that very dataset."""
+    held = recomputed["mask_token"]
+    assert held["accuracy"]["model"] >= TARGET_HELDOUT * held["accuracy"]["position"], held
+    assert held["loss"] <= held["position_baseline_loss"] - 1.0, held
+    unseen = recomputed_unseen["mask_token"]
+    assert unseen["accuracy"]["model"] >= TARGET_UNSEEN * unseen["accuracy"]["position"], unseen
+
+
+def test_unseen_metrics_recomputed_from_the_weights_match_metrics_json(recomputed_unseen, metrics):
+    want, got = metrics["unseen"], recomputed_unseen
+    assert got["data"] == want["data"] and got["data"]["n_dropped_shared_barcode"] > 0
+    assert got["mask_token"]["n"] == want["mask_token"]["n"]
+    assert got["mask_token"]["loss"] == pytest.approx(want["mask_token"]["loss"], abs=1e-4)
+    for who, value in got["mask_token"]["accuracy"].items():
+        assert value == pytest.approx(want["mask_token"]["accuracy"][who], abs=1.5 / got["mask_token"]["n"]), who
+
+
+def test_learning_curve_rises_and_ends_at_the_shipped_model(metrics):
+    curve = metrics["curve"]
+    assert len(curve) >= 5 and [r["step"] for r in curve] == sorted(r["step"] for r in curve)
+    assert curve[-1]["step"] == metrics["steps"]
+    assert curve[-1]["accuracy"] == pytest.approx(metrics["heldout"]["mask_token"]["accuracy"]["model"], abs=1e-9)
+    assert curve[-1]["loss"] < curve[0]["loss"] and curve[-1]["accuracy"] > curve[0]["accuracy"]
+
+
+def test_position_baseline_probabilities_are_a_distribution(corpus):
+    base = frequency_baselines(corpus.train_cells, len(corpus.tokenizer.vocab), 128)
+    p = np.exp(base["position_logp"].astype(np.float64))
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-4)
+    assert (p[:, :4] == 0).all() and (p[:, 4:] > 0).all()
 
 
 def test_evaluate_mlm_without_baselines_reports_the_model_only(shipped, corpus, recipe):

@@ -9,6 +9,7 @@ _EXPORTS: dict[str, str] = {
     "phase_portraits": "velocity",
     "velocity_stream": "velocity",
     "loss_curve": "training",
+    "scaling_curves": "training",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

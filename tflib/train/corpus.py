@@ -29,6 +29,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .data import Subset
+from .evaluation import evaluate_mlm
+
 RECIPES = Path(__file__).resolve().parent.parent / "resources" / "recipes"
 COURSE_RECIPE = RECIPES / "course.toml"
 
@@ -69,24 +72,38 @@ class CourseCorpus:
         return Subset(self.cells, self.heldout)
 
 
-class Subset:
-    """Some cells of a token collection, indexable like a token store (``len``, ``[i]``, ``.lengths``)."""
+def _counts_from_scaled(S: sp.csr_matrix, name: str, tol: float = 0.01) -> sp.csr_matrix:
+    """Counts from a matrix whose rows were scaled per cell (``counts * c_cell``), as in scVelo's files.
 
-    def __init__(self, cells, index):
-        self.cells, self.index = cells, np.asarray(index)
-        self.lengths = np.asarray(cells.lengths)[self.index]
+    In each cell the smallest non-zero value is one count, so dividing a row by it gives integers;
+    that is checked (up to ``tol``) before the values are trusted.
+    """
+    S = sp.csr_matrix(S, dtype=np.float64)
+    S.eliminate_zeros()
+    nnz = np.diff(S.indptr)
+    unit = np.ones(S.shape[0])
+    unit[nnz > 0] = np.minimum.reduceat(S.data, S.indptr[:-1][nnz > 0])
+    C = sp.csr_matrix(sp.diags(1.0 / unit) @ S)
+    residual = float(np.abs(C.data - np.round(C.data)).max()) if C.nnz else 0.0
+    if residual > tol:
+        raise ValueError(f"{name}: the per-cell scaled values are not a multiple of one count (largest residual "
+                         f"{residual:.3g}); this source cannot be turned back into counts.")
+    C.data = np.round(C.data)
+    return C.astype(np.float32)
 
-    def __len__(self) -> int:
-        return len(self.index)
 
-    def __getitem__(self, i) -> np.ndarray:
-        return self.cells[int(self.index[i])]
-
-
-def _source_matrices(n_sim_cells: int, sim_seed: int):
-    """``[(name, counts CSR, human gene names, full per-cell totals, obs), ...]`` for the three sources."""
-    from tflib import datasets
+def _mouse(name, X, var_names, obs):
+    """A mouse source mapped to human symbols (unmapped genes dropped)."""
     from tflib.tokenize import mouse_to_human
+
+    human, _ = mouse_to_human(list(var_names))
+    keep = np.array([h is not None for h in human])
+    return (name, X[:, keep], [h for h in human if h is not None], np.asarray(X.sum(1)).ravel(), obs)
+
+
+def _source_matrices(n_sim_cells: int, sim_seeds):
+    """``[(name, counts CSR, human gene names, full per-cell totals, obs), ...]`` for every source."""
+    from tflib import datasets
 
     out = []
     kang = datasets.load("kang_pbmc")
@@ -94,15 +111,17 @@ def _source_matrices(n_sim_cells: int, sim_seed: int):
     out.append(("kang_pbmc", X, list(kang.var_names), np.asarray(X.sum(1)).ravel(),
                 kang.obs[["cell_type"]].astype(str).rename(columns={"cell_type": "label"})))
     pan = datasets.load("pancreas")
-    X = sp.csr_matrix(pan.X, dtype=np.float32)
-    human, _ = mouse_to_human(list(pan.var_names))
-    keep = np.array([h is not None for h in human])
-    out.append(("pancreas", X[:, keep], [h for h in human if h is not None], np.asarray(X.sum(1)).ravel(),
-                pan.obs[["clusters"]].astype(str).rename(columns={"clusters": "label"})))
-    sim = datasets.simulate(n_cells=n_sim_cells, seed=sim_seed)
-    X = sp.csr_matrix(sim.X, dtype=np.float32)
-    out.append(("simulator", X, list(sim.var_names), np.asarray(X.sum(1)).ravel(),
-                sim.obs[["fate"]].astype(str).rename(columns={"fate": "label"})))
+    out.append(_mouse("pancreas", sp.csr_matrix(pan.X, dtype=np.float32), pan.var_names,
+                      pan.obs[["clusters"]].astype(str).rename(columns={"clusters": "label"})))
+    dg = datasets.load("dentategyrus")                                  # spliced counts, scaled per cell
+    out.append(_mouse("dentategyrus", _counts_from_scaled(dg.layers["spliced"], "dentategyrus spliced"),
+                      dg.var_names, dg.obs[["clusters"]].astype(str).rename(columns={"clusters": "label"})))
+    for seed in sim_seeds:                                              # each seed draws its own gene names
+        sim = datasets.simulate(n_cells=n_sim_cells, seed=seed)
+        X = sp.csr_matrix(sim.X, dtype=np.float32)
+        obs = sim.obs[["fate"]].astype(str).rename(columns={"fate": "label"})
+        obs.index = [f"s{seed}:{i}" for i in obs.index]
+        out.append(("simulator", X, list(sim.var_names), np.asarray(X.sum(1)).ravel(), obs))
     return out
 
 
@@ -116,20 +135,21 @@ def _collapse(X: sp.csr_matrix, names: list[str]):
     return sp.csr_matrix(X @ P), list(uniq)
 
 
-def build_course_corpus(n_genes: int = 2000, max_len: int = 256, n_sim_cells: int = 1000, sim_seed: int = 0,
-                        heldout_fraction: float = 0.1, split_seed: int = 0, min_cells: int = 10):
+def build_course_corpus(n_genes: int | None = None, max_len: int = 256, n_sim_cells: int = 1000,
+                        sim_seeds=(0,), heldout_fraction: float = 0.1, split_seed: int = 0, min_cells: int = 10):
     """Build the chapter-06 corpus: vocabulary, exact medians, V2 tokens and a held-out split.
 
     Parameters
     ----------
     n_genes
-        Vocabulary cap (genes; 4 special tokens come on top). Genes are ranked by their highest
+        Vocabulary cap (genes; 4 special tokens come on top), or ``None`` for every gene detected
+        in at least ``min_cells`` cells of some source. Genes are ranked by their highest
         detection rate in any one source; genes detected in fewer than ``min_cells`` cells of
         every source are never included.
     max_len
         The V2 tokenizer's total length (``<cls>`` + up to ``max_len - 2`` genes + ``<eos>``).
-    n_sim_cells, sim_seed
-        Size and seed of the simulator source.
+    n_sim_cells, sim_seeds
+        Cells per simulator seed, and the seeds (each seed draws its own gene names and network).
     heldout_fraction, split_seed
         Share of cells held out for evaluation, drawn with ``split_seed`` within each source.
 
@@ -143,7 +163,7 @@ def build_course_corpus(n_genes: int = 2000, max_len: int = 256, n_sim_cells: in
 
     t0 = time.perf_counter()
     sources = [(name, *_collapse(X, names), totals, obs) for name, X, names, totals, obs
-               in _source_matrices(n_sim_cells, sim_seed)]
+               in _source_matrices(n_sim_cells, sim_seeds)]
     # vocabulary: the best detection rate of each gene in any source
     best: dict[str, float] = {}
     for name, X, names, totals, obs in sources:
@@ -152,7 +172,7 @@ def build_course_corpus(n_genes: int = 2000, max_len: int = 256, n_sim_cells: in
         for g, r, n in zip(names, rate, n_det):
             if n >= min_cells and r > best.get(g, -1.0):
                 best[g] = float(r)
-    ranked = sorted(best, key=lambda g: (-best[g], g))[:n_genes]       # ties broken by name: deterministic
+    ranked = sorted(best, key=lambda g: (-best[g], g))[:n_genes]  # n_genes=None keeps all       # ties broken by name: deterministic
     genes = sorted(ranked)
     vocab = GeneVocab.from_genes(genes, id_type="symbol")
     col = {g: i for i, g in enumerate(genes)}
@@ -194,130 +214,50 @@ def corpus_from_recipe(recipe: dict) -> CourseCorpus:
     return build_course_corpus(**recipe.get("corpus", {}))
 
 
-# ---- evaluation ---------------------------------------------------------------------------------
-def _masked_batches(cells, tokenizer, batch_size: int, seed: int, mask_prob: float = 0.15):
-    """Fixed masked batches of ``cells`` (a pure function of ``seed``) for evaluation."""
-    import torch
-
-    from .data import MaskingCollator
-
-    vocab = tokenizer.vocab
-    coll = MaskingCollator(len(vocab), mask_prob, mask_token_id=vocab.mask_id, pad_token_id=vocab.pad_id,
-                           special_ids=[vocab.token_to_id(t) for t in vocab.special_tokens])
-    g = torch.Generator().manual_seed(seed)
-    for start in range(0, len(cells), batch_size):
-        batch = coll([cells[i] for i in range(start, min(len(cells), start + batch_size))], generator=g)
-        batch["masked_input"] = batch["input_ids"] == vocab.mask_id
-        yield batch
-
-
-def frequency_baselines(train_cells, vocab_size: int, max_len: int) -> dict:
-    """Two baselines fitted on the training cells.
-
-    ``unigram``: always predict the gene that appears in most cells.
-    ``position``: predict the gene seen most often at that rank position (position 0 is ``<cls>``).
-    """
-    counts = np.zeros(vocab_size, np.int64)
-    pos = np.zeros((max_len, vocab_size), np.int64)
-    for i in range(len(train_cells)):
-        t = np.asarray(train_cells[i], np.int64)
-        counts += np.bincount(t[1:-1], minlength=vocab_size)
-        np.add.at(pos, (np.arange(len(t)), t), 1)
-    pos[:, :4] = 0                                                      # specials are never targets
-    return {"unigram": int(counts[4:].argmax() + 4), "position": pos.argmax(1)}
-
-
-def evaluate_mlm(model, tokenizer, cells, train_cells=None, *, batch_size: int = 64, seed: int = 1234,
-                 baselines: dict | None = None) -> dict:
-    """Masked-gene accuracy and loss on ``cells`` with a fixed seeded mask, beside the baselines.
-
-    The mask is drawn as in training (15 % of the gene tokens; of those 80 % become ``<mask>``,
-    10 % a random gene, 10 % stay unchanged). The **headline** is the accuracy at ``<mask>``
-    positions only: there the model cannot see the gene it must name. Over *all* chosen
-    positions a model also wins the unchanged 10 % by copying its input, which flatters it; that
-    number is kept, labelled, under ``"all_chosen"``.
-
-    Pass ``train_cells`` (or precomputed ``baselines`` from :func:`frequency_baselines`) to score
-    the baselines on the very same positions; the headline's baseline is the position-aware one
-    (the gene seen most often at that rank in the training cells).
-
-    Returns
-    -------
-    dict
-        ``{"headline": {"metric", "model", "position_baseline", "n"},
-        "mask_token": {"n", "loss", "accuracy": {"model", "position", "unigram"}},
-        "all_chosen": {"n", "loss", "accuracy": {...}, "note"}, "seed"}``; without baselines the
-        accuracy tables hold ``"model"`` only and ``position_baseline`` is ``None``.
-
-    Used in chapter 06 and by the course recipe's ``metrics.json``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from tflib.utils import get_device
-
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else get_device()
-    if baselines is None and train_cells is not None:
-        baselines = frequency_baselines(train_cells, len(tokenizer.vocab), model.config.max_len)
-    names = ["model", "position", "unigram"] if baselines is not None else ["model"]
-    hits_all = dict.fromkeys(names, 0)
-    hits_mask = dict.fromkeys(names, 0)
-    n_all = n_mask = 0
-    loss_all = loss_mask = 0.0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in _masked_batches(cells, tokenizer, batch_size, seed):
-            labels = batch["labels"]
-            picked = labels != -100
-            out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), labels.to(device),
-                        logits="masked")
-            target = labels[picked]
-            logits = out.logits.float().cpu()
-            losses = F.cross_entropy(logits, target, reduction="none")
-            at_mask = batch["masked_input"][picked]                      # the input was <mask> here
-            guesses = {"model": logits.argmax(-1)}
-            if baselines is not None:
-                guesses["unigram"] = torch.full_like(target, baselines["unigram"])
-                positions = picked.nonzero()[:, 1].numpy()
-                guesses["position"] = torch.as_tensor(baselines["position"][positions])
-            for k in names:
-                right = guesses[k] == target
-                hits_all[k] += int(right.sum())
-                hits_mask[k] += int(right[at_mask].sum())
-            loss_all += float(losses.sum())
-            loss_mask += float(losses[at_mask].sum())
-            n_all += int(picked.sum())
-            n_mask += int(at_mask.sum())
-    model.train(was_training)
-    mask_acc = {k: hits_mask[k] / max(1, n_mask) for k in names}
-    all_acc = {k: hits_all[k] / max(1, n_all) for k in names}
-    return {
-        "headline": {"metric": "accuracy at <mask> positions", "model": mask_acc["model"],
-                     "position_baseline": mask_acc.get("position"), "n": n_mask},
-        "mask_token": {"n": n_mask, "loss": loss_mask / max(1, n_mask), "accuracy": mask_acc},
-        "all_chosen": {"n": n_all, "loss": loss_all / max(1, n_all), "accuracy": all_acc,
-                       "note": "every position chosen for prediction, including the 10 % left unchanged, "
-                               "which a model gets right by copying its input: not a fair score"},
-        "seed": seed,
-    }
-
-
 # ---- the recipe ---------------------------------------------------------------------------------
+def learning_curve(run_dir, tokenizer, cells, baselines, log, *, seed: int = 1234, batch_size: int = 64) -> list:
+    """Held-out ``<mask>`` accuracy and loss of every checkpoint a run kept, by training tokens seen.
+
+    ``run_dir`` is a :func:`~tflib.train.run_pretraining` folder (its ``checkpoints/step-*``),
+    ``log`` its loss log; each row is ``{"step", "tokens", "loss", "accuracy", "position_baseline"}``.
+    This is chapter 06's "loss against training tokens" curve.
+    """
+    from tflib.models import Transcriptformer
+
+    tokens = np.cumsum([row["n_tokens"] for row in log])
+    rows = []
+    for path in sorted((Path(run_dir) / "checkpoints").glob("step-*")):
+        step = int(path.name.split("-")[1])
+        model = Transcriptformer.from_pretrained(path, device="cpu")
+        ev = evaluate_mlm(model, tokenizer, cells, baselines=baselines, seed=seed, batch_size=batch_size)
+        rows.append({"step": step, "tokens": int(tokens[step - 1]), "loss": ev["mask_token"]["loss"],
+                     "accuracy": ev["mask_token"]["accuracy"]["model"],
+                     "position_baseline": ev["mask_token"]["accuracy"]["position"]})
+    return rows
+
+
 def train_course_model(out_dir, recipe=None, *, corpus: CourseCorpus | None = None, max_steps: int | None = None,
-                       progress: bool = True):
+                       progress: bool = True, resume: bool = False):
     """Run the course recipe: build the corpus, pretrain, evaluate; returns ``(PretrainResult, corpus, metrics)``.
 
     ``max_steps`` cuts the run short *without* changing the schedule (it sets ``stop_after``),
     so the first losses equal those of the full run: that is how the tests check the
-    committed loss log. Files go to ``out_dir`` (see :func:`tflib.train.run_pretraining`).
+    committed loss log. Files go to ``out_dir`` (see :func:`tflib.train.run_pretraining`);
+    ``resume=True`` continues a run found there from its last checkpoint.
+
+    ``metrics`` (``None`` for a cut run) holds the corpus report, the held-out scores of
+    :func:`~tflib.train.evaluation.evaluate_mlm`, the scores on real cells from outside the
+    corpus (:func:`~tflib.train.evaluation.evaluate_unseen`), the vocabulary's coverage of
+    tissues the corpus lacks (:func:`~tflib.train.evaluation.vocabulary_coverage`) and the
+    learning curve of the kept checkpoints (:func:`learning_curve`).
     """
+    from .evaluation import evaluate_unseen, frequency_baselines, vocabulary_coverage
     from .pretrain import run_pretraining
 
     recipe = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
     corpus = corpus if corpus is not None else corpus_from_recipe(recipe)
     cfg = dict(recipe["pretrain"])
-    cfg.update(out_dir=str(out_dir), progress=progress, resume=False)
+    cfg.update(out_dir=str(out_dir), progress=progress, resume=resume)
     if max_steps is not None:
         cfg["stop_after"] = max_steps
         cfg["checkpoint_every"] = 10**9
@@ -327,16 +267,22 @@ def train_course_model(out_dir, recipe=None, *, corpus: CourseCorpus | None = No
     metrics = None
     if max_steps is None:
         ev = recipe.get("eval", {})
+        ev = {"seed": ev.get("seed", 1234), "batch_size": ev.get("batch_size", 64)}
+        base = frequency_baselines(corpus.train_cells, len(corpus.tokenizer.vocab), result.model.config.max_len)
         metrics = {"corpus": corpus.report, "train_seconds": round(seconds, 1),
                    "tokens_per_second": round(result.tokens_per_second, 1),
                    "n_parameters": result.model.num_parameters(), "steps": len(result.log),
+                   "train_tokens": int(sum(row["n_tokens"] for row in result.log)),
                    "final_train_loss": float(np.mean(result.losses[-20:])),
-                   "heldout": evaluate_mlm(result.model, corpus.tokenizer, corpus.heldout_cells, corpus.train_cells,
-                                           seed=ev.get("seed", 1234), batch_size=ev.get("batch_size", 64))}
+                   "heldout": evaluate_mlm(result.model, corpus.tokenizer, corpus.heldout_cells, baselines=base, **ev),
+                   "unseen": evaluate_unseen(result.model, corpus.tokenizer, **ev),
+                   "coverage_outside_corpus": vocabulary_coverage(corpus.tokenizer),
+                   "curve": learning_curve(out_dir, corpus.tokenizer, corpus.heldout_cells, base, result.log, **ev)}
     return result, corpus, metrics
 
 
-def train_course_checkpoint(directory=None, recipe=None, *, overwrite: bool = False, progress: bool = True):
+def train_course_checkpoint(directory=None, recipe=None, *, overwrite: bool = False, progress: bool = True,
+                            work_dir=None):
     """Run the course recipe and write the checkpoint folder ``directory``; returns its path.
 
     ``directory`` defaults to :func:`tflib.models.course.default_cache_dir`. The folder is
@@ -344,6 +290,10 @@ def train_course_checkpoint(directory=None, recipe=None, *, overwrite: bool = Fa
     write is refused, and an earlier course checkpoint is replaced only with ``overwrite=True``
     (see :mod:`tflib.train.course`). Load the result with
     ``tflib.models.course_checkpoint(cache_dir=directory)``. Used in chapter 06.
+
+    ``work_dir``: where the run keeps its checkpoints. ``None`` uses a temporary folder that is
+    removed at the end (an interrupted run starts again); a folder you name is kept, and calling
+    again with the same ``work_dir`` resumes an interrupted run from its last checkpoint.
     """
     import tempfile
 
@@ -353,6 +303,10 @@ def train_course_checkpoint(directory=None, recipe=None, *, overwrite: bool = Fa
 
     directory = Path(directory) if directory is not None else default_cache_dir()
     check_target(directory, overwrite=overwrite)                        # fail before training
+    if work_dir is not None:
+        result, corpus, metrics = train_course_model(work_dir, recipe, progress=progress, resume=True)
+        return write_checkpoint(directory, result.model, corpus.tokenizer, Path(work_dir) / "loss_log.csv", metrics,
+                                overwrite=overwrite)
     with tempfile.TemporaryDirectory(prefix="tflib-course-run-") as run:
         result, corpus, metrics = train_course_model(run, recipe, progress=progress)
         return write_checkpoint(directory, result.model, corpus.tokenizer, Path(run) / "loss_log.csv", metrics,
@@ -360,7 +314,7 @@ def train_course_checkpoint(directory=None, recipe=None, *, overwrite: bool = Fa
 
 
 def main(argv=None) -> None:
-    """``python -m tflib.train.corpus [--recipe FILE] --out DIR [--overwrite]``: train and write a course checkpoint."""
+    """``python -m tflib.train.corpus [--recipe FILE] --out DIR [--overwrite] [--work-dir RUN]``: train and write a course checkpoint."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tflib.train.corpus", description=main.__doc__)
@@ -370,9 +324,12 @@ def main(argv=None) -> None:
                              "(replaced only with --overwrite); any other folder is refused")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a course checkpoint that tflib wrote earlier in --out")
+    parser.add_argument("--work-dir", default=None,
+                        help="keep the run's checkpoints here; run the same command again to resume an "
+                             "interrupted run (default: a temporary folder, removed at the end)")
     args = parser.parse_args(argv)
     try:
-        print(train_course_checkpoint(args.out, args.recipe, overwrite=args.overwrite))
+        print(train_course_checkpoint(args.out, args.recipe, overwrite=args.overwrite, work_dir=args.work_dir))
     except FileExistsError as err:
         parser.exit(2, f"error: {err}\n")
 

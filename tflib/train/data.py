@@ -118,6 +118,20 @@ class MaskingCollator:
         return {"input_ids": inputs, "attention_mask": mask, "labels": labels}  # the remaining 10 % stay as they are
 
 
+class Subset:
+    """Some cells of a token collection, indexable like a token store (``len``, ``[i]``, ``.lengths``)."""
+
+    def __init__(self, cells, index):
+        self.cells, self.index = cells, np.asarray(index, dtype=np.int64)
+        self.lengths = sequence_lengths(cells)[self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i) -> np.ndarray:
+        return self.cells[int(self.index[i])]
+
+
 class SyntheticCorpus:
     """A toy corpus of rank-value "cells" with learnable structure (tests, benchmarks, chapter 06 demos).
 
