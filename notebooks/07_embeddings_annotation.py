@@ -285,7 +285,7 @@ plt.show()
 # **Figure 2.** Training (dashed) and validation (solid) loss per epoch for each mode. The
 # weights of the epoch with the lowest validation loss are kept. The more of the encoder
 # moves, the faster the training loss falls and the sooner the validation loss turns up:
-# about 850 labelled cells are few for half a million parameters.
+# about 850 labelled cells are few for almost two million parameters.
 #
 # ## 5 The comparison table
 
@@ -322,9 +322,13 @@ for m, short in [(best, "best"), (best_tf, "best_tf"), ("PCA + logistic regressi
     for col in ("estimate", "low", "high"):
         glue(f"c07_acc_{short}_{col}", float(acc.loc[m, col]), display=False)
 # The claims of the prose below, checked on every run:
-assert acc.loc["PCA + logistic regression", "estimate"] > acc.loc[best_tf, "estimate"]
-assert acc.loc["bag of tokens + logistic regression", "estimate"] > acc.loc[best_tf, "estimate"]
+assert acc.loc[best_tf, "estimate"] > acc.loc["PCA + logistic regression", "estimate"]
+assert acc.loc["bag of tokens + logistic regression", "low"] > acc.loc[best_tf, "high"]  # the bag wins, clearly
 assert acc.loc[best_tf, "estimate"] > acc.loc["Transcriptformer zero-shot kNN", "estimate"]
+zs, pca = acc.loc["Transcriptformer zero-shot kNN"], acc.loc["PCA + logistic regression"]
+assert zs["estimate"] > 0.5 and zs["high"] >= pca["low"]  # zero-shot: far above chance, level with PCA
+glue("c07_acc_zs", float(zs["estimate"]), display=False)
+glue("c07_chance", 1 / adata.obs["cell_type"].nunique(), display=False)
 Markdown(
     f"**Result.** The most accurate method is **{best}** ({acc.loc[best, 'estimate']:.1%}, 95 % CI "
     f"{acc.loc[best, 'low']:.1%}–{acc.loc[best, 'high']:.1%}); its interval "
@@ -336,18 +340,79 @@ Markdown(
 # **Figure 3.** Accuracy of every method on the same {glue:text}`c07_n_test` stimulated test cells, with 95 %
 # percentile-bootstrap intervals over cells. Orange: Transcriptformer rows; blue: baselines.
 #
-# Read the table from the bottom up. The zero-shot embedding, with a kNN vote or a frozen
-# head, is the weakest representation: nothing in masked-gene pretraining told it that cell
-# type matters more than stimulation (Figure 1). Unfreezing the encoder helps by about five
-# points, in line with the Geneformer authors' advice to fine-tune, but it does not reach the
-# baselines. The bag-of-tokens row shows where the gap comes from: a linear model on the
-# *same* 126 genes per cell, order ignored, does much better than the transformer that reads
-# them. The information is in the tokens; a two-layer model pretrained for 300 steps and
-# fine-tuned on ~850 cells fails to use it. kNN on scVI is helped by the fact that scVI was
-# trained with the test cells (without labels) and told to remove the condition, which is
-# exactly the shift this split tests. A Transcriptformer that should beat these baselines
-# needs what published models have: tens of millions of pretraining cells, more layers, and
-# full-length rank sentences.
+# Read the table from the bottom up. The frozen head on the zero-shot embedding is the
+# weakest row, and a kNN vote on that embedding reaches
+# {glue:text}`c07_acc_zs:.1%` (chance is {glue:text}`c07_chance:.0%` for 11 types), level with
+# PCA + logistic regression: masked-gene pretraining alone made an embedding that separates
+# cell types, although nothing asked it to put cell type before stimulation (Figure 1).
+# Unfreezing the encoder adds about ten points, in line with the Geneformer authors' advice to
+# fine-tune, and the best fine-tuned model, {glue:text}`c07_best_tf`
+# ({glue:text}`c07_acc_best_tf_estimate:.1%`), beats PCA + logistic regression
+# ({glue:text}`c07_acc_pca_estimate:.1%`). It does not reach the bag of tokens
+# ({glue:text}`c07_acc_bag_estimate:.1%`, intervals apart): a linear model on the *same* 126
+# genes per cell, order ignored, still uses them better than the transformer that reads them.
+# kNN on scVI is helped by the fact that scVI was trained with the test cells (without labels)
+# and told to remove the condition, which is exactly the shift this split tests.
+#
+# ### Why does the bag of tokens still win?
+#
+# Three things could explain the gap: too few labelled cells to adapt a pretrained encoder,
+# too short a sentence, or an encoder that does not use what it reads. We vary the first two
+# for the best-tuned mode (`top`) and for the bag of tokens, on the same test cells: a third
+# and two thirds of the training cells (each class cut alike, at least 10 cells), and
+# sentences cut to their first 64 genes. Longer sentences (256) would need a checkpoint with a
+# longer context: the course model was pretrained on 128 tokens and has no position
+# embedding beyond that.
+
+# %%
+from dataclasses import replace
+
+analysis = []
+rng_lc = np.random.default_rng(SEED)
+train_labels = adata.obs.loc[split.train, "cell_type"].astype(str)
+for frac in (1 / 3, 2 / 3, 1.0):
+    keep = np.concatenate([rng_lc.permutation(np.flatnonzero(train_labels == c))[: max(10, round(frac * n))]
+                           for c, n in train_labels.value_counts().items()])
+    part = replace(split, train=split.train[np.sort(keep)])
+    for length in ((64, 126) if frac == 1.0 else (126,)):
+        def cut(t, n=length):  # <cls>, the first n genes, <eos>
+            return t if len(t) <= n + 2 else np.r_[t[: n + 1], t[-1:]]
+        part_tokens = [cut(tokens[i]) for i in np.flatnonzero(adata.obs_names.isin(part.train))]
+        test_cut = [cut(t) for t in test_tokens]
+        lr_bag = LogisticRegression(max_iter=3000, class_weight="balanced", random_state=SEED)
+        lr_bag.fit(tl.bag_of_tokens(part_tokens, V), adata.obs.loc[part.train, "cell_type"].astype(str))
+        ft_part = tl.finetune_annotator(adata, "cell_type", part, model, tokenizer, tokens=part_tokens,
+                                        config=replace(MODES["top"], max_len=length + 2))
+        for name, pred in (("bag of tokens", lr_bag.predict(tl.bag_of_tokens(test_cut, V))),
+                           ("Transcriptformer (top)", ft_part.predict(test_cut))):
+            analysis.append({"training cells": len(part.train), "genes per cell": length, "method": name,
+                             "accuracy": float(np.mean(pred == y_test))})
+analysis = pd.DataFrame(analysis)
+gap = analysis.pivot_table(index=["training cells", "genes per cell"], columns="method", values="accuracy")
+gap["gap"] = gap["bag of tokens"] - gap["Transcriptformer (top)"]
+glue("c07_gap_min", float(gap["gap"].min()), display=False)
+glue("c07_gap_max", float(gap["gap"].max()), display=False)
+by_size = gap.xs(126, level="genes per cell")["gap"]
+glue("c07_gap_few", float(by_size.iloc[0]), display=False)
+glue("c07_gap_all", float(by_size.iloc[-1]), display=False)
+glue("c07_gap_64", float(gap.loc[(by_size.index[-1], 64), "gap"]), display=False)
+glue("c07_n_few", int(by_size.index[0]), display=False)
+assert (gap["gap"] > 0).all()  # the prose below: the bag wins in every setting tried
+gap.round(3)
+
+# %% [markdown]
+# The bag of tokens wins in every setting, by {glue:text}`c07_gap_min:.1%` to
+# {glue:text}`c07_gap_max:.1%`. With {glue:text}`c07_n_few` training cells the gap is
+# {glue:text}`c07_gap_few:.1%`; with all of them it is {glue:text}`c07_gap_all:.1%`: more
+# labels help the linear model more than the transformer, so a shortage of labels is not
+# what holds the transformer back. Cutting the sentences to 64 genes costs both about the
+# same (gap {glue:text}`c07_gap_64:.1%`), so length is not it either. What remains is the encoder: two layers of 128 dimensions,
+# pretrained on some 5,000 cells, turn 126 genes into a summary that keeps less of what tells
+# cell types apart than the genes' presence does. Figure 2 points the same way: the more of the
+# encoder moves, the sooner the validation loss turns up, so this is not a matter of training
+# longer. Published comparisons find the same pattern at full scale: fine-tuned foundation
+# models are competitive for annotation, while simple models on good features remain hard to
+# beat. A larger pretraining corpus is the lever chapter 06 identified.
 #
 # ## 6 What the errors are, and how much to trust the probabilities
 
@@ -485,10 +550,11 @@ glue("c07_rare_best", r.index[-1], display=False)
 # pred = ft_mean.predict(test_tokens)
 # tl.evaluate_predictions(y_test, pred, method="top, mean pooling", n_boot=N_BOOT)
 # ```
-# In our run mean pooling did clearly worse (about 46 % against 56 %, beyond both intervals).
-# Masked-gene pretraining never asks `<cls>` to summarise the cell, but the unfrozen top
-# block can learn to route the information there; the mean over 126 gene states dilutes the
-# few genes that mark a type. Which pooling wins is an empirical question for each model.
+# Compare the printed interval with the `top` row of the table. Masked-gene pretraining never
+# asks `<cls>` to summarise the cell, but the unfrozen top block can learn to route the
+# information there; the mean over 126 gene states can dilute the few genes that mark a type,
+# or average away noise. Which pooling wins is an empirical question for each model and
+# checkpoint, and a difference inside both intervals is no difference.
 # ````
 #
 # ```{exercise}
@@ -507,9 +573,9 @@ glue("c07_rare_best", r.index[-1], display=False)
 # print(tl.per_class_recall(y_test, p, n_boot=N_BOOT).loc[RARE])
 # print(tl.evaluate_predictions(y_test, p, method="no weights", n_boot=N_BOOT))
 # ```
-# In our run NK recall fell from about 0.33 to 0, while overall accuracy *rose* (from about
-# 54 % to 66 %): without weights the loss is dominated by monocytes and T cells, and the
-# model is rewarded for getting those right. Class weighting trades accuracy on common types
+# Expect NK recall to fall, possibly to 0, while overall accuracy holds or even rises: without
+# weights the loss is dominated by monocytes and T cells, and the model is rewarded for
+# getting those right. Class weighting trades accuracy on common types
 # for sensitivity to rare ones. Accuracy alone would hide the failure: report per-class recall
 # for the types you care about, and choose the weighting for the question you ask.
 # ````
@@ -541,10 +607,13 @@ glue("c07_rare_best", r.index[-1], display=False)
 #   ({glue:text}`c07_acc_best_estimate:.1%`, 95 % CI {glue:text}`c07_acc_best_low:.1%`–{glue:text}`c07_acc_best_high:.1%`).
 # - The best Transcriptformer row, {glue:text}`c07_best_tf`, reached
 #   {glue:text}`c07_acc_best_tf_estimate:.1%` ({glue:text}`c07_acc_best_tf_low:.1%`–{glue:text}`c07_acc_best_tf_high:.1%`):
-#   it lost to PCA + logistic regression ({glue:text}`c07_acc_pca_estimate:.1%`) and to a
+#   it beat PCA + logistic regression ({glue:text}`c07_acc_pca_estimate:.1%`) but lost to a
 #   linear model on its own input tokens ({glue:text}`c07_acc_bag_estimate:.1%`).
-# - Fine-tuning beat the zero-shot embedding, but a small, briefly pretrained model does not
-#   extract what its tokens contain; that is a property of this checkpoint, not a law.
+# - The zero-shot embedding ({glue:text}`c07_acc_zs:.1%` by kNN) is far above chance and level
+#   with PCA; fine-tuning adds about ten points.
+# - The bag of tokens won at every training size and sentence length tried (by
+#   {glue:text}`c07_gap_min:.1%`–{glue:text}`c07_gap_max:.1%`): the limit is the small encoder
+#   and its small pretraining corpus, a property of this checkpoint, not a law.
 # - Report rare types by their recall with an interval; class weighting is what keeps a
 #   supervised model from ignoring them.
 # - Temperature scaling fixes over- or under-confidence on data like the validation cells,
