@@ -307,7 +307,7 @@ print("block by hand == tflib Block | output shape", tuple(y.shape))
 # ($4D^2 + 4D$), the FFN ($2DF + F + D$) and two LayerNorms ($4D$); the head has a $D \times D$
 # layer, a LayerNorm and one bias per token ($D^2 + 3D + V$), its big matrix being shared.
 # We compare the Geneformer-V1-like default with the configuration of the course checkpoint
-# (chapter 06: 2 layers of width 128, a vocabulary of 2,000 genes plus 4 special tokens, at most
+# (chapter 06: 2 layers of width 128, a vocabulary of 11,964 genes plus 4 special tokens, at most
 # 128 tokens per cell), and with the same small model over the full GENCODE vocabulary of
 # chapter 04 (62,758 tokens).
 
@@ -321,7 +321,7 @@ def count_by_hand(c: TranscriptformerConfig) -> dict:
 
 configs = {
     "Geneformer V1-10M-like": TranscriptformerConfig(),
-    "course checkpoint": TranscriptformerConfig(vocab_size=2_004, max_len=128, n_layer=2, n_head=4,
+    "course checkpoint": TranscriptformerConfig(vocab_size=11_968, max_len=128, n_layer=2, n_head=4,
                                                 n_embd=128, n_inner=256, activation="gelu"),
 }
 configs["course, GENCODE vocabulary"] = TranscriptformerConfig(**{**configs["course checkpoint"].to_dict(),
@@ -377,7 +377,7 @@ plt.show()
 # 2-layer Transcriptformer pretrained with masked-gene modelling on Kang PBMCs, mouse pancreas
 # cells (through orthologs) and simulator cells. Chapter 06 shows how it was trained; here we
 # only load it with `tflib.models.course_checkpoint()`, which also returns the tokenizer it was
-# trained with (2,000 genes, at most 128 tokens per cell). Attention maps are only meaningful
+# trained with (about 12,000 genes, at most 128 tokens per cell). Attention maps are only meaningful
 # with the model's own tokenizer, so we use it rather than chapter 04's. As a reference we build
 # a randomly initialised model of the same architecture. Both return their attention weights
 # with `output_attentions=True`, which routes attention through the step-by-step path.
@@ -395,7 +395,7 @@ print(ck_tokenizer)
 kang = tds.load("kang_pbmc")
 cell_types = ["CD14 Mono", "B", "CD4 Naive T"]
 cells = [int(np.flatnonzero(kang.obs["cell_type"] == ct)[0]) for ct in cell_types]
-# the course vocabulary keeps 2,000 genes: most Kang genes are outside it by design, but they carry few counts
+# the course vocabulary keeps the ~12,000 genes seen in >= 10 cells of a corpus source; Kang's others carry few counts
 tokens = ck_tokenizer.encode(kang[cells])  # the default coverage check is on counts (chapter 04)
 ids_of_kang = vocab.map_genes(list(kang.var_names)).ids
 symbol_of = {int(i): s for i, s in zip(ids_of_kang, kang.var_names) if i >= 0}
@@ -472,8 +472,9 @@ plt.show()
 # the heads no longer look alike. Most of their structure is vertical stripes: nearly every
 # gene reads from the same few keys (`<cls>` and a handful of genes), whatever the query.
 # All of that was put there by pretraining. Keep the scale in mind: this is a model of
-# 0.56 million parameters trained for 300 steps (about 7 minutes on 2 CPU cores, chapter 06),
-# not Geneformer after 30 million cells, so expect far less structure than in published maps.
+# 1.8 million parameters trained on 68 million tokens from some 5,000 cells (51 minutes on 2
+# CPU cores, chapter 06), not Geneformer after 30 million cells, so expect far less structure
+# than in published maps.
 
 # %% [markdown]
 # ```{admonition} Caveat: attention is not explanation

@@ -289,7 +289,8 @@ print("AUROC for ranking the 3 master TFs first (most negative shift):", {k: rou
 print("masters predicted in the right direction:", right_dir)
 assert true_master < -0.08  # the true knockouts really do shift fates
 # the prose below says no snapshot predictor singles out the masters: keep it true
-assert max(ratio.values()) < 2.0 and max(auroc.values()) < 0.8, (ratio, auroc)
+assert max(ratio.values()) < 2.0, ratio  # masters' predicted shifts are no larger than non-causal genes'
+assert abs(float(compare.loc[masters, "Transcriptformer"].mean())) < abs(true_master) / 10  # and far below the truth
 
 fig, ax = plt.subplots(figsize=(5.2, 4.2))
 colors = {"master TF": OKABE_ITO["vermillion"], "secondary TF": OKABE_ITO["orange"], "decoy TF": OKABE_ITO["sky_blue"],
@@ -326,8 +327,10 @@ plt.close(fig)
 # larger than those of genes with no causal role (ratio of mean magnitudes, masters to the
 # rest: {glue:text}`c11_ratio_tra:.1f` and {glue:text}`c11_ratio_lin:.1f`; AUROC for ranking
 # the masters first {glue:text}`c11_auroc_tra:.2f` and {glue:text}`c11_auroc_lin:.2f`, where
-# 0.5 is chance). Even a random gene of matched expression moves the predicted fates by
-# {glue:text}`c11_null:.4f` on average, the same order as the masters. Why:
+# 0.5 is chance). Read an AUROC over eleven genes with care: with three masters, each swapped
+# pair moves it by 0.125, and a ranking by sign can look good while every predicted shift is
+# a small fraction of the true one. Even a random gene of matched expression moves the
+# predicted fates by {glue:text}`c11_null:.4f` on average, the same order as the masters. Why:
 #
 # - the masters are lowly expressed, so most cells do not carry them within the context;
 # - a snapshot model learns what *co-occurs* with a fate. Targets and housekeeping genes
@@ -596,9 +599,10 @@ dec.round(4)
 #   `tl.perturb` runs many such variants per forward pass and scores each four ways.
 # - On a world with known answers, the master TFs' true knockouts shift their fates by
 #   {glue:text}`c11_true_master:.2f` on average, while the Transcriptformer predicts
-#   {glue:text}`c11_pred_master_tra:.3f`. Neither it nor the linear baseline ranks the masters
-#   above non-regulators (AUROC {glue:text}`c11_auroc_tra:.2f` and
-#   {glue:text}`c11_auroc_lin:.2f`).
+#   {glue:text}`c11_pred_master_tra:.3f`. Neither it nor the linear baseline predicts larger
+#   shifts for the masters than for genes with no causal role (ratio of magnitudes
+#   {glue:text}`c11_ratio_tra:.1f` and {glue:text}`c11_ratio_lin:.1f`); the Transcriptformer's
+#   AUROC of {glue:text}`c11_auroc_tra:.2f` on eleven genes comes from signs, not sizes.
 # - The reasons are measurable: low expression puts regulators outside the context, and a
 #   snapshot rewards correlation.
 # - Interventional data (a Perturb-seq screen) shows the masters' effects directly (mean
@@ -607,7 +611,9 @@ dec.round(4)
 # - On real perturbation data, simple baselines set the bar: the additive shift reaches R²
 #   {glue:text}`c11_kang_additive:.2f` on Kang's top DE genes (latent arithmetic
 #   {glue:text}`c11_kang_latent_arithmetic:.2f`) and {glue:text}`c11_norman_add:.3f` on the
-#   Norman doubles.
+#   Norman doubles. The Transcriptformer's in-silico overexpression moved K562 cells towards
+#   the really perturbed cells more than all ten random genes in
+#   {glue:text}`c11_norman_beats_all` of {glue:text}`c11_norman_testable` perturbations.
 
 # %%
 glue("c11_runtime", float(time.perf_counter() - T0), display=False)

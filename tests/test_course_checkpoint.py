@@ -339,3 +339,13 @@ def test_no_verified_copy_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(course, "SHIPPED", tmp_path / "gone")
     with pytest.raises(ValueError, match="train_course_checkpoint"):
         course_checkpoint(cache_dir=tmp_path / "empty_cache")
+
+
+def test_the_short_student_recipe_is_the_course_recipe_cut_short(recipe):
+    short = load_recipe(COURSE_RECIPE.with_name("course_short.toml"))
+    assert short["corpus"] == recipe["corpus"] and short["pretrain"]["model"] == recipe["pretrain"]["model"]
+    assert short["pretrain"]["max_steps"] < recipe["pretrain"]["max_steps"] / 5
+    assert {k: v for k, v in short["pretrain"].items() if k not in ("max_steps", "warmup_steps", "checkpoint_every",
+                                                                    "keep_checkpoints")} == \
+        {k: v for k, v in recipe["pretrain"].items() if k not in ("max_steps", "warmup_steps", "checkpoint_every",
+                                                                  "keep_checkpoints")}

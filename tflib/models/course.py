@@ -108,5 +108,5 @@ def course_checkpoint(*, retrain: bool = False, cache_dir=None, device=None):
     raise CheckpointError(
         "No verified course checkpoint was found (" + "; ".join(reasons) + "). Reinstall tflib to restore "
         f"the shipped copy, or train one: tflib.train.train_course_checkpoint({str(cache)!r}) "
-        "(about 10 minutes on 2 CPU cores), then course_checkpoint(cache_dir=that folder)."
+        "(about an hour on 2 CPU cores), then course_checkpoint(cache_dir=that folder)."
     )
