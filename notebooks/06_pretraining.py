@@ -350,9 +350,9 @@ glue("c06_unseen_model", 100 * u["accuracy"]["model"], display=False)
 glue("c06_unseen_position", 100 * u["accuracy"]["position"], display=False)
 glue("c06_unseen_ratio", u["accuracy"]["model"] / u["accuracy"]["position"], display=False)
 cover = pd.Series(metrics["coverage_outside_corpus"]).mul(100)
-glue("c06_cover_glioma_min", cover.drop("k562").min(), display=False)
-glue("c06_cover_glioma_max", cover.drop("k562").max(), display=False)
-glue("c06_cover_k562", cover["k562"], display=False)
+glue("c06_cover_glioma_min", float(cover.drop("k562").min()), display=False)
+glue("c06_cover_glioma_max", float(cover.drop("k562").max()), display=False)
+glue("c06_cover_k562", float(cover["k562"]), display=False)
 pd.DataFrame({"Transcriptformer": u["accuracy"]["model"], "rank-position baseline (fitted on these cells)":
               u["accuracy"]["position"]}, index=["accuracy at <mask> (%)"]).T.mul(100).round(2)
 
@@ -393,12 +393,12 @@ axes[1].set_title(f"short runs ({int(sizes['steps'].iloc[0])} steps), by model s
 plt.tight_layout()
 plt.show()
 gain_tokens = curve["accuracy"].iloc[-1] / curve["accuracy"].iloc[0]
-glue("c06_curve_first", 100 * curve["accuracy"].iloc[0], display=False)
-glue("c06_curve_last", 100 * curve["accuracy"].iloc[-1], display=False)
-glue("c06_curve_first_mtok", curve["tokens"].iloc[0] / 1e6, display=False)
-glue("c06_size_small", 100 * sizes["heldout_mask_accuracy"].iloc[0], display=False)
-glue("c06_size_mid", 100 * sizes["heldout_mask_accuracy"].iloc[1], display=False)
-glue("c06_size_large", 100 * sizes["heldout_mask_accuracy"].iloc[-1], display=False)
+glue("c06_curve_first", float(100 * curve["accuracy"].iloc[0]), display=False)
+glue("c06_curve_last", float(100 * curve["accuracy"].iloc[-1]), display=False)
+glue("c06_curve_first_mtok", float(curve["tokens"].iloc[0] / 1e6), display=False)
+glue("c06_size_small", float(100 * sizes["heldout_mask_accuracy"].iloc[0]), display=False)
+glue("c06_size_mid", float(100 * sizes["heldout_mask_accuracy"].iloc[1]), display=False)
+glue("c06_size_large", float(100 * sizes["heldout_mask_accuracy"].iloc[-1]), display=False)
 assert sizes["heldout_mask_accuracy"].is_monotonic_increasing  # the prose reads the sizes in order
 glue("c06_size_slower", float(sizes["tokens_per_second"].iloc[1] / sizes["tokens_per_second"].iloc[-1]), display=False)
 pub = tflib.pl.training.PUBLISHED_SCALES

@@ -520,8 +520,8 @@ toward.round(4)
 # {glue:text}`c11_norman_labels` perturbations can be tried; the vocabulary covers
 # {glue:text}`c11_norman_cover:.0f` % of the control cells' normalised expression over the 500
 # measured genes. The overexpressed gene moves the cells towards the real perturbed cells more
-# than all ten random genes in {glue:text}`c11_norman_beats_all` perturbations, and more than
-# half of them in {glue:text}`c11_norman_beats_half`; the median perturbation beats
+# than all ten random genes in {glue:text}`c11_norman_beats_all` perturbations, and more than at
+# least half of them in {glue:text}`c11_norman_beats_half`; the median perturbation beats
 # {glue:text}`c11_norman_median_beaten:.0f` of ten. A score near five of ten is what chance
 # gives. An inserted token always moves the embedding; only the comparison with random genes
 # says whether it moves it the right way. This model was never trained on K562 cells, and

@@ -261,8 +261,8 @@ t_null = time.perf_counter() - t0
 rates = pd.Series({"each cell a replicate (Mann–Whitney)": float((per_cell.pvalue < 0.05).mean()),
                    "pseudobulk, 4 vs 4 animals (DESeq2)": float((bulk.pvalue < 0.05).mean())},
                   name="false-positive rate at α = 0.05")
-glue("c12_fpr_cell", 100 * rates.iloc[0], display=False)
-glue("c12_fpr_bulk", 100 * rates.iloc[1], display=False)
+glue("c12_fpr_cell", float(100 * rates.iloc[0]), display=False)
+glue("c12_fpr_bulk", float(100 * rates.iloc[1]), display=False)
 glue("c12_n_null_genes", len(bulk), display=False)
 assert rates.iloc[0] > 0.2 and rates.iloc[1] < 0.1
 (100 * rates).round(1).to_frame("% of null genes called")
