@@ -456,6 +456,24 @@ except tt.TokenizerMismatchError as err:
     print("refused:", str(err)[:160], "...")
 
 # %% [markdown]
+# ```{admonition} Caveats: what a rank sentence cannot say
+# :class: warning
+# - **Levels are gone.** A rank sequence keeps the order of a cell's genes, not how far apart
+#   they are: doubling a gene changes nothing unless it overtakes a neighbour (chapter 11
+#   meets this as "a rank-only model cannot express dosage").
+# - **Ties are broken by a rule.** Hundreds of genes with one or two counts share a value; the
+#   tokenizer orders them deterministically, but the order among them carries no biology.
+# - **The medians are a choice of corpus.** Median scaling rewards genes that are high *for
+#   them*; medians from another corpus (another tissue, another protocol) reorder the same
+#   cell. A model must be used with the medians it was trained with, which is why the
+#   tokenizer travels with every checkpoint.
+# - **The vocabulary decides what exists.** A gene outside it is not low, it is absent; the
+#   coverage check measures the share of counts lost, and chapter 06 shows how a vocabulary
+#   built from blood and pancreas covers other tissues.
+# - **Truncation removes the tail silently.** A gene cut at `max_len` looks exactly like a gene
+#   that was never expressed (section 6).
+# ```
+#
 # ## Exercises
 #
 # ```{exercise}
