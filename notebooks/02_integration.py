@@ -47,7 +47,7 @@
 # surgery, on 1,200 genes, with the KL warm-up shortened to match. That keeps the chapter
 # within about three minutes on two CPU cores. Longer training changes the results (the
 # mapping accuracy especially), so read every scVI number below as the outcome of this short
-# schedule, not as what scVI can do at best. Exercise 3 lets you train longer.
+# schedule, not as what scVI can do at best. {ref}`The training-budget exercise <ex02-budget>` lets you train longer.
 # ```
 
 # %% tags=["remove-cell"]
@@ -221,8 +221,8 @@ assert metrics.loc["X_scvi", "batch_score"] > metrics.loc["X_pca", "batch_score"
 # move much less (label ASW {glue:text}`c02_X_pca_label_asw:.2f` vs
 # {glue:text}`c02_X_scvi_label_asw:.2f`; NMI {glue:text}`c02_X_pca_nmi:.2f` vs
 # {glue:text}`c02_X_scvi_nmi:.2f`). Those small biology differences rest on one k-means run
-# and one training seed, so read them as "about equal", not as a ranking (exercise 2 asks
-# how much they move with the seed).
+# and one training seed, so read them as "about equal", not as a ranking ({ref}`the seed
+# exercise <ex02-seed>` asks how much they move with the seed).
 #
 # ## 4 Atlas mapping: a frozen reference and a new query
 #

@@ -289,8 +289,8 @@ assert certainty.loc[True].iloc[-1] > 0.95 and fp[~obs["differentiating"]].max(a
 # **Batches** add purely technical differences. Each batch multiplies every gene by a factor
 # whose logarithm has standard deviation 0.1, and it shifts the cells' library sizes. Batches
 # are assigned at random, so batch is independent of biology. The 0.1 is deliberate: at 0.25
-# the neighbour graph splits by batch and downstream fate mapping merges fates. Exercise 1
-# lets you see this.
+# the neighbour graph splits by batch and downstream fate mapping merges fates.
+# {ref}`The batch exercise <ex03-batch>` lets you see this.
 #
 # ## 6 What the truth contains
 #

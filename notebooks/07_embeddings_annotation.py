@@ -518,7 +518,8 @@ glue("c07_rare_best", r.index[-1], display=False)
 # With {glue:text}`c07_rare_n_train` training examples the intervals are wide: with about 40
 # test NK cells, a recall of 0.5 has an interval of roughly ±0.15. Two things decide who
 # finds the rare type. First, the classifier: class weighting lets the supervised methods
-# trade some accuracy on common types for recall on the rare one (exercise 2 removes it),
+# trade some accuracy on common types for recall on the rare one ({ref}`the class-weight
+# exercise <ex07-weights>` removes it),
 # while a kNN vote has no weights, so a handful of NK training cells is easily outvoted by
 # their many neighbours (CD8 and activated T cells) unless the embedding sets NK cells
 # clearly apart. Second, the features: PCA + logistic regression and the bag-of-tokens model
