@@ -18,9 +18,9 @@ import torch
 
 from tflib.models import Transcriptformer, TranscriptformerConfig, course_checkpoint
 from tflib.models.course import MARKER, SHIPPED, verify_checkpoint
-from tflib.train.corpus import (COURSE_RECIPE, corpus_from_recipe, load_recipe, main, train_course_checkpoint,
-                                train_course_model)
-from tflib.train.evaluation import evaluate_mlm, evaluate_unseen, frequency_baselines
+from tflib.train.corpus import (COURSE_RECIPE, corpus_from_recipe, learning_curve, load_recipe, main,
+                                train_course_checkpoint, train_course_model)
+from tflib.train.evaluation import evaluate_mlm, evaluate_unseen, frequency_baselines, vocabulary_coverage
 from tflib.train.course import write_checkpoint
 
 K = 6  # training steps re-run from scratch
@@ -124,6 +124,22 @@ def test_an_interrupted_recipe_resumes_with_the_same_losses(corpus, recipe, tmp_
         logged = [float(row["loss"]) for row in csv.DictReader(fh)]
     assert [r["step"] for r in more.log] == list(range(6))
     np.testing.assert_allclose(more.losses, logged[:6], rtol=0, atol=1e-5)
+    # the learning curve scores every checkpoint the run kept (the stops at steps 3 and 6)
+    base = frequency_baselines(corpus.train_cells, len(corpus.tokenizer.vocab), 128)
+    few = type(corpus.heldout_cells)(corpus.cells, corpus.heldout[:30])
+    curve = learning_curve(run, corpus.tokenizer, few, base, more.log)
+    assert [r["step"] for r in curve] == [3, 6]
+    assert curve[-1]["tokens"] == sum(r["n_tokens"] for r in more.log) > curve[0]["tokens"]
+    direct = evaluate_mlm(more.model, corpus.tokenizer, few, baselines=base)["mask_token"]
+    assert curve[-1]["accuracy"] == direct["accuracy"]["model"]
+    assert curve[-1]["loss"] == pytest.approx(direct["loss"])
+
+
+def test_vocabulary_coverage_recomputed_matches_metrics_json(shipped, metrics):
+    _, tokenizer = shipped
+    got = vocabulary_coverage(tokenizer)
+    assert got == pytest.approx(metrics["coverage_outside_corpus"], abs=1e-9)
+    assert set(got) == {"A172", "T98G", "U87MG", "k562"} and all(0 < v < 1 for v in got.values())
 
 
 def test_scaled_counts_are_turned_back_into_counts_or_refused():

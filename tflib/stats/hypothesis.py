@@ -186,9 +186,11 @@ def test_hypotheses(table: pd.DataFrame, fate: str | None = None, direction: str
         raise ValueError("no gene left to test (every gene is a null gene or was never expressed).")
     alternative = _DIRECTIONS[direction]
     rng = np.random.default_rng(seed)
+    pooled = np.concatenate(list(values.values()))                      # every tested gene's shifts, once
+    owner = np.repeat(np.arange(len(values)), [len(v) for v in values.values()])
     rows = []
-    for gene, x in values.items():
-        ref = null if null is not None else np.concatenate([v for g, v in values.items() if g != gene])
+    for i, (gene, x) in enumerate(values.items()):
+        ref = null if null is not None else pooled[owner != i]
         test = rank_test(x, ref, alternative=alternative).iloc[0]
         ci = (bootstrap((x,), np.mean, n_resamples=n_boot, method="percentile", random_state=rng).confidence_interval
               if len(x) > 1 else (np.nan, np.nan))
