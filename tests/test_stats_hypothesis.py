@@ -1,5 +1,6 @@
 """tflib.stats tests, power and depletion score (chapter 12), each against a reference case."""
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as ss
 
@@ -131,3 +132,12 @@ def test_validation_table_on_planted_predictors():
         stats.validation_table({"a": perfect[:10]}, truth)
     with pytest.raises(KeyError, match="have no scores"):
         stats.validation_table({"a": perfect}, truth, calls={"b": truth})
+
+
+def test_with_intervals_formats_each_metric_once():
+    table = pd.DataFrame({"auroc": [0.8512, np.nan], "auroc_low": [0.7, np.nan], "auroc_high": [0.95, np.nan],
+                          "n_called": [3, 0]}, index=["a", "b"])
+    out = stats.with_intervals(table, digits=2)
+    assert list(out.columns) == ["auroc", "n_called"]
+    assert out.loc["a", "auroc"] == "0.85 [0.70, 0.95]" and out.loc["b", "auroc"] == "–"
+    assert table.shape == (2, 4)                                      # the input is not modified

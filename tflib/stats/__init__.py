@@ -12,6 +12,7 @@ _EXPORTS: dict[str, str] = {
     "depletion_score": "hypothesis",
     "test_hypotheses": "hypothesis",
     "validation_table": "scoring",
+    "with_intervals": "scoring",
     "power": "sizing",  # not power.py: the module would shadow the function
     "sample_size": "sizing",
     "pseudobulk": "pseudobulk",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["validation_table"]
+__all__ = ["validation_table", "with_intervals"]
 
 
 def _auroc(truth, score):
@@ -94,3 +94,33 @@ def validation_table(scores: dict, truth, *, calls: dict | None = None, n_boot: 
                 row.update({key: r.estimate, f"{key}_low": r.low, f"{key}_high": r.high})
         rows[name] = row
     return pd.DataFrame(rows).T.rename_axis("predictor")
+
+
+def with_intervals(table: pd.DataFrame, metrics=("auroc", "precision", "recall"), *, digits: int = 2) -> pd.DataFrame:
+    """Display form of a scored table: one ``"estimate [low, high]"`` text column per metric (chapters 12--13).
+
+    Parameters
+    ----------
+    table
+        A frame with ``<metric>``, ``<metric>_low`` and ``<metric>_high`` columns, e.g. the
+        output of :func:`validation_table`. Other columns (such as ``n_called``) are kept.
+    metrics
+        The metrics to format; those missing from ``table`` are skipped.
+    digits
+        Decimals shown.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same rows; each metric's three columns replaced by one text column (``"–"`` where the
+        estimate is undefined). Meant for display only: keep ``table`` for computing.
+    """
+    out = table.copy()
+    for m in metrics:
+        if m not in out:
+            continue
+        est, low, high = (out[c].astype(float) for c in (m, f"{m}_low", f"{m}_high"))
+        out[m] = [("–" if not np.isfinite(e) else f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
+                  for e, lo, hi in zip(est, low, high)]
+        out = out.drop(columns=[f"{m}_low", f"{m}_high"])
+    return out
