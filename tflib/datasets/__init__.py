@@ -11,6 +11,7 @@ _EXPORTS: dict[str, str] = {
     # The module is "simulator", not "simulate": a submodule named like the function would
     # replace the function on this package as soon as it is imported.
     "simulate": "simulator", "knockout": "simulator", "overexpress": "simulator",
+    "true_regulators": "_perturb",
     "screen": "screening",
 }
 

@@ -93,3 +93,27 @@ def overexpress(sim, gene: str | Sequence[str], factor: float = 2.0, *, n_future
         raise ValueError(f"factor must be positive, got {factor}. Fix: e.g. factor=2.0; use "
                          "knockout() for a loss of function.")
     return _shift(sim, gene, float(factor), n_futures, seed, return_probs)
+
+
+def true_regulators(sim) -> dict[str, list[str]]:
+    """The true regulators of each fate: its master TF and secondary TFs (chapter 13).
+
+    These are the regulators whose programme makes up the fate in the simulator
+    (``Network.programmes``): the ``master_tf`` and ``secondary_tf`` genes of the fate's module.
+    Decoy TFs (no targets), the progenitor TF and target genes are not regulators of a fate.
+    Rebuilt from ``sim.var`` and ``sim.uns`` only, so it works on an ``.h5ad`` read back.
+
+    Parameters
+    ----------
+    sim
+        The AnnData from :func:`tflib.datasets.simulate`.
+
+    Returns
+    -------
+    dict
+        ``{fate: [gene symbols of sim.var_names]}`` for every fate, genes in ``var_names`` order.
+    """
+    net = Network.from_anndata(sim)
+    prog = net.programmes()                                                       # (F, R)
+    return {fate: [str(net.genes[net.reg[r]]) for r in np.flatnonzero(prog[f] > 0)]
+            for f, fate in enumerate(net.fates)}
