@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "response_r2": "response_metrics",
     "response_scores": "response_metrics",
     "additive_doubles": "response",
+    "InSilicoLab": "lab",
     "rank_regulators": "regulators",
     "score_regulators": "regulators",
     "attention_received": "attention",
