@@ -11,6 +11,7 @@ takes seconds to import):
 - :mod:`tflib.stats`    -- hypothesis tests, FDR, bootstrap
 - :mod:`tflib.utils`    -- seeds, device choice, the reproducibility footer
 - :mod:`tflib.validation` -- the one count validator (every value checked) and zero-count cells
+- :mod:`tflib.widgets`  -- interactive explorers (ipywidgets) with static fallbacks
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"datasets", "tokenize", "models", "train", "pp", "tl", "pl", "stats", "utils", "validation"}
+_SUBMODULES = {"datasets", "tokenize", "models", "train", "pp", "tl", "pl", "stats", "utils", "validation", "widgets"}
 
 
 def __getattr__(name: str):
