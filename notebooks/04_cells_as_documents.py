@@ -49,7 +49,6 @@ except ImportError:
 
 # %%
 # %matplotlib inline
-import inspect
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -60,12 +59,21 @@ from myst_nb import glue
 import tflib
 import tflib.datasets as tds
 import tflib.tokenize as tt
+import tflib.widgets as tw
 from tflib.pl.workflow import OKABE_ITO
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 ARTIFACTS = Path("_artifacts")
 ARTIFACTS.mkdir(exist_ok=True)
+
+
+def sig3(v):
+    """Tables show 3 significant digits; whole numbers from 1,000 up are written out."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+pd.set_option("display.float_format", sig3)
 
 # %% [markdown]
 # ## 1 A vocabulary of genes
@@ -86,7 +94,8 @@ ARTIFACTS.mkdir(exist_ok=True)
 # datasets named by symbols are translated through the same GENCODE table.
 
 # %%
-gencode = tt.load_gencode_table()  # fetched and checksum-verified through tflib.datasets
+# fetched and checksum-verified through tflib.datasets
+gencode = tt.load_gencode_table()
 vocab = tt.GeneVocab.from_genes(gencode["gene_id"])
 print(vocab)
 print([vocab.id_to_token(i) for i in range(6)])
@@ -127,8 +136,14 @@ assert coverage.count_fraction > 0.95
 medians = tt.gene_medians(kang, vocab=vocab)
 print(medians, "| cells:", medians.n_cells)
 sym = dict(zip(gencode["gene_id"], gencode["symbol"]))
-med_table = pd.DataFrame({"symbol": [sym[g] for g in medians.genes], "median": medians.medians,
-                          "cells expressing": medians.n_nonzero}, index=medians.genes)
+med_table = pd.DataFrame(
+    {
+        "symbol": [sym[g] for g in medians.genes],
+        "median": medians.medians,
+        "cells expressing": medians.n_nonzero,
+    },
+    index=medians.genes,
+)
 med_table.sort_values("median", ascending=False).head(8)
 
 # %% [markdown]
@@ -145,20 +160,24 @@ counts = kang.X[cell_idx].toarray().ravel()
 n_counts = counts.sum()
 genes_here = kang.var_names[counts > 0]
 steps = pd.DataFrame({"count": counts[counts > 0]}, index=genes_here)
-steps["normalised"] = steps["count"] / n_counts * 1e4          # counts per 10,000
-steps["id"] = vocab.map_genes(list(genes_here)).ids               # vocabulary id (-1: not in it)
+steps["normalised"] = steps["count"] / n_counts * 1e4  # counts per 10,000
+steps["id"] = vocab.map_genes(list(genes_here)).ids  # vocabulary id (-1: not in it)
 steps = steps[steps["id"] >= 0]
 steps["median"] = [medians.get(vocab.id_to_token(i), np.nan) for i in steps["id"]]
 steps = steps.dropna()
-steps["value"] = steps["normalised"] / steps["median"]         # how far above its usual level
+steps["value"] = steps["normalised"] / steps["median"]  # how far above its usual level
 # sort: highest first; tflib sorts by count / median (the same order: see below) and puts
 # equal values in vocabulary-id order (its documented tie rule)
 steps["count / median"] = steps["count"] / steps["median"]
-steps = steps.sort_values(["count / median", "id"], ascending=[False, True], kind="stable")
+steps = steps.sort_values(
+    ["count / median", "id"], ascending=[False, True], kind="stable"
+)
 steps["rank"] = np.arange(len(steps))
-print(f"cell {kang.obs_names[cell_idx]}: {int(n_counts):,} counts, "
-      f"{len(steps)} expressed genes in the vocabulary")
-steps.head(10).round(2)
+print(
+    f"cell {kang.obs_names[cell_idx]}: {int(n_counts):,} counts, "
+    f"{len(steps)} expressed genes in the vocabulary"
+)
+steps.head(10)
 
 # %% [markdown]
 # Each row is one step of the recipe: the raw count, the count per 10,000, the gene's corpus
@@ -168,7 +187,7 @@ steps.head(10).round(2)
 
 # %%
 tokenizer = tt.RankValueTokenizer(vocab, medians, preset="V2")
-cell_tokens = tokenizer.encode(kang[cell_idx:cell_idx + 1])[0]
+cell_tokens = tokenizer.encode(kang[cell_idx : cell_idx + 1])[0]
 print(cell_tokens[:8], "...", cell_tokens[-3:], f"({len(cell_tokens)} tokens)")
 print(vocab.decode(cell_tokens[:6]))
 by_hand = steps["id"].tolist()
@@ -186,9 +205,53 @@ assert list(cell_tokens[1:-1]) == by_hand
 # so that an ascending sort puts the highest first) and, in the low 20 bits, its token id.
 # The keys of all cells of a chunk go into one padded table, a row per cell, and a single
 # row-wise sort orders every cell at once; no Python loop runs over cells.
+#
+# ````{admonition} Library code: tflib.tokenize.rank_keys.rank_order
+# :class: dropdown
+# ```{literalinclude} ../tflib/tokenize/rank_keys.py
+# :language: python
+# :pyobject: rank_order
+# ```
+# ````
+#
+# ````{admonition} Library code: tflib.tokenize.rank_keys.sorted_tokens (the one row-wise sort)
+# :class: dropdown
+# ```{literalinclude} ../tflib/tokenize/rank_keys.py
+# :language: python
+# :pyobject: sorted_tokens
+# ```
+# ````
+#
+# ### Explore other cells
+#
+# `tflib.widgets.rank_explorer` draws any cell's first gene tokens with the value that ranked
+# them (`count / n_counts × 10⁴ / median`). In Jupyter or Colab, `explorer.show()` gives a
+# slider over all 2,000 cells; the built book cannot run it, so it shows the same drawing for
+# three cells of different types instead.
 
 # %%
-print(inspect.getsource(tt.rank.rank_order))
+explorer = tw.rank_explorer(
+    kang, tokenizer, n_show=12, label_key="cell_type", cell=cell_idx
+)
+first_b = int(np.flatnonzero(kang.obs["cell_type"] == "B")[0])
+first_t = int(np.flatnonzero(kang.obs["cell_type"] == "CD4 Naive T")[0])
+shown = explorer.data(cell_idx)
+# the explorer shows the tokenizer's order, highest value first
+assert shown["token"].tolist() == by_hand[:12]
+assert (np.diff(shown["value"]) <= 1e-9 * shown["value"].to_numpy()[:-1]).all()
+
+# %% tags=["skip-execution"]
+# interactive: a slider over the cells (Jupyter, Colab; not run in the book)
+explorer.show()
+
+# %% mystnb={"image": {"alt": "Three horizontal bar charts, one per cell: a CD14 monocyte, a B cell and a CD4 naive T cell. Each lists the cell's first twelve gene tokens from top to bottom with bars for count divided by total times ten thousand divided by the gene median; the bars shrink from top to bottom and the gene names differ between the three cell types."}}
+fig = explorer.static([cell_idx, first_b, first_t])
+plt.show()
+
+# %% [markdown]
+# *Figure: the first twelve gene tokens of a CD14 monocyte, a B cell and a CD4 naive T cell,
+# with the value that ranked them (static view of the rank explorer).* Each bar is a gene's
+# expression relative to its corpus median; the order of the bars is the cell's document.
 
 # %% [markdown]
 # ## 4 Why divide by the median? Transcription factors versus housekeeping genes
@@ -204,25 +267,42 @@ print(inspect.getsource(tt.rank.rank_order))
 tfs = set(pd.read_csv(tds.fetch("tfs_human"), header=None)[0])
 symbols = np.array([sym.get(t, t) for t in vocab.tokens])
 is_tf = np.isin(symbols, list(tfs))
-housekeeping = {"ACTB", "GAPDH", "B2M", "TMSB4X", "MALAT1", "EEF1A1", "TPT1", "FTL", "FTH1"}
+housekeeping = {
+    "ACTB",
+    "GAPDH",
+    "B2M",
+    "TMSB4X",
+    "MALAT1",
+    "EEF1A1",
+    "TPT1",
+    "FTL",
+    "FTH1",
+}
 is_hk = np.array([s.startswith(("RPL", "RPS")) or s in housekeeping for s in symbols])
 
 by_median = tokenizer.encode(kang)
-flat_medians = tt.GeneMedians(medians.genes, np.ones(len(medians)))  # every median = 1: rank by counts
+# every median = 1: rank by counts
+flat_medians = tt.GeneMedians(medians.genes, np.ones(len(medians)))
 by_count = tt.RankValueTokenizer(vocab, flat_medians, preset="V2").encode(kang)
 
 
 def relative_positions(cells, mask):
-    """Position of each token of the class in its cell, 0 = first gene, 1 = last gene."""
+    """Position of each token of the class in its cell (0 = first gene, 1 = last)."""
     lengths = np.diff(cells.offsets) - 2
-    pos = np.arange(cells.tokens.size) - np.repeat(cells.offsets[:-1], np.diff(cells.offsets)) - 1
+    pos = (
+        np.arange(cells.tokens.size)
+        - np.repeat(cells.offsets[:-1], np.diff(cells.offsets))
+        - 1
+    )
     rel = pos / np.maximum(np.repeat(lengths, np.diff(cells.offsets)) - 1, 1)
     return rel[mask[cells.tokens] & (cells.tokens > 3)]
 
 
 def first_words_share(cells, mask, k=25):
     """Share of the first k gene tokens of every cell that belong to the class."""
-    pos = np.arange(cells.tokens.size) - np.repeat(cells.offsets[:-1], np.diff(cells.offsets))
+    pos = np.arange(cells.tokens.size) - np.repeat(
+        cells.offsets[:-1], np.diff(cells.offsets)
+    )
     first = (pos >= 1) & (pos <= k) & (cells.tokens > 3)
     return mask[cells.tokens[first]].mean()
 
@@ -230,25 +310,46 @@ def first_words_share(cells, mask, k=25):
 classes = [("transcription factors", is_tf), ("housekeeping", is_hk)]
 encodings = [("by count", by_count), ("by count / median", by_median)]
 summary = pd.DataFrame(
-    [{"class": cls, "encoding": enc, "share of the first 25 words": first_words_share(cells, m),
-      "share of all words": m[cells.tokens[cells.tokens > 3]].mean(),
-      "mean position (0 = first, 1 = last)": relative_positions(cells, m).mean()}
-     for cls, m in classes for enc, cells in encodings]).set_index(["class", "encoding"])
+    [
+        {
+            "class": cls,
+            "encoding": enc,
+            "share of the first 25 words": first_words_share(cells, m),
+            "share of all words": m[cells.tokens[cells.tokens > 3]].mean(),
+            "mean position (0 = first, 1 = last)": relative_positions(cells, m).mean(),
+        }
+        for cls, m in classes
+        for enc, cells in encodings
+    ]
+).set_index(["class", "encoding"])
 for (cls, enc), row in summary.iterrows():
-    key = f"c04_{'tf' if cls.startswith('t') else 'hk'}_{'median' if 'median' in enc else 'count'}"
+    which = "median" if "median" in enc else "count"
+    key = f"c04_{'tf' if cls.startswith('t') else 'hk'}_{which}"
     glue(key + "_top", float(100 * row["share of the first 25 words"]), display=False)
     glue(key + "_pos", float(row["mean position (0 = first, 1 = last)"]), display=False)
 summary.round(3)
 
-# %%
+# %% mystnb={"image": {"alt": "Two grouped bar charts comparing transcription factors (blue, hatched) with housekeeping genes (orange) when cells are ranked by raw count or by count divided by median. Left: share of each cell's first 25 gene tokens; housekeeping genes dominate when ranking by count and drop sharply with median scaling, while transcription factors rise. Right: mean relative position; with median scaling housekeeping genes sit later in the sequence than transcription factors."}}
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
 x = np.arange(2)
 for j, (cls, _) in enumerate(classes):
     colour, hatch = (OKABE_ITO["blue"], "//") if j == 0 else (OKABE_ITO["orange"], "")
-    for ax, col in zip(axes, ["share of the first 25 words", "mean position (0 = first, 1 = last)"]):
+    for ax, col in zip(
+        axes, ["share of the first 25 words", "mean position (0 = first, 1 = last)"]
+    ):
         vals = [summary.loc[(cls, enc), col] for enc, _ in encodings]
-        ax.bar(x + (j - 0.5) * 0.38, vals, width=0.38, color=colour, hatch=hatch, edgecolor="k", label=cls)
-for ax, title in zip(axes, ["share of each cell's first 25 gene tokens", "mean position in the sequence"]):
+        ax.bar(
+            x + (j - 0.5) * 0.38,
+            vals,
+            width=0.38,
+            color=colour,
+            hatch=hatch,
+            edgecolor="k",
+            label=cls,
+        )
+for ax, title in zip(
+    axes, ["share of each cell's first 25 gene tokens", "mean position in the sequence"]
+):
     ax.set_xticks(x, ["ranked by count", "ranked by count / median"])
     ax.set_title(title)
 axes[0].set_ylabel("share")
@@ -277,7 +378,9 @@ tf_top = summary.xs("transcription factors")["share of the first 25 words"]
 hk_top = summary.xs("housekeeping")["share of the first 25 words"]
 assert tf_top["by count / median"] > 2 * tf_top["by count"]
 assert hk_top["by count / median"] < 0.5 * hk_top["by count"]
-pos_median = summary.xs("by count / median", level="encoding")["mean position (0 = first, 1 = last)"]
+pos_median = summary.xs("by count / median", level="encoding")[
+    "mean position (0 = first, 1 = last)"
+]
 assert pos_median["transcription factors"] < pos_median["housekeeping"]
 
 # %% [markdown]
@@ -292,23 +395,41 @@ assert pos_median["transcription factors"] < pos_median["housekeeping"]
 
 # %%
 binner = tt.BinningTokenizer(vocab, n_bins=51, seed=SEED)
-binned = binner.encode(kang[cell_idx:cell_idx + 1])
+binned = binner.encode(kang[cell_idx : cell_idx + 1])
 bin_of = dict(zip(binned[0][1:], binned.values_of(0)[1:]))
 rank_of = {t: r for r, t in enumerate(cell_tokens[1:-1])}
-side = pd.DataFrame({"symbol": [sym[vocab.id_to_token(t)] for t in rank_of],
-                     "rank (Geneformer)": list(rank_of.values()),
-                     "bin (scGPT)": [bin_of[t] for t in rank_of],
-                     "count": [steps["count"].iloc[r] for r in rank_of.values()]})
+side = pd.DataFrame(
+    {
+        "symbol": [sym[vocab.id_to_token(t)] for t in rank_of],
+        "rank (Geneformer)": list(rank_of.values()),
+        "bin (scGPT)": [bin_of[t] for t in rank_of],
+        "count": [steps["count"].iloc[r] for r in rank_of.values()],
+    }
+)
 side.head(8)
 
-# %%
+# %% mystnb={"image": {"alt": "Scatter plot of one monocyte's expressed genes: x is the gene's position in the rank-value sequence, y its scGPT expression bin from 1 to 50. Points fall loosely from high bins at the front to low bins at the back with wide spread; horizontal bands of tied genes fill the lowest bins; transcription factors, drawn as blue triangles, sit in low bins but in the first half of the sequence."}}
 fig, ax = plt.subplots(figsize=(6, 3.6))
 tf_here = np.isin(side["symbol"], list(tfs))
-ax.scatter(side["rank (Geneformer)"][~tf_here], side["bin (scGPT)"][~tf_here], s=8, alpha=0.5,
-           color="0.55", label="other genes")
-ax.scatter(side["rank (Geneformer)"][tf_here], side["bin (scGPT)"][tf_here], s=30, marker="^",
-           color=OKABE_ITO["blue"], label="transcription factors")
-ax.set(xlabel="position in the rank-value sequence", ylabel="scGPT expression bin (1-50)")
+ax.scatter(
+    side["rank (Geneformer)"][~tf_here],
+    side["bin (scGPT)"][~tf_here],
+    s=8,
+    alpha=0.5,
+    color="0.55",
+    label="other genes",
+)
+ax.scatter(
+    side["rank (Geneformer)"][tf_here],
+    side["bin (scGPT)"][tf_here],
+    s=30,
+    marker="^",
+    color=OKABE_ITO["blue"],
+    label="transcription factors",
+)
+ax.set(
+    xlabel="position in the rank-value sequence", ylabel="scGPT expression bin (1-50)"
+)
 ax.legend(frameon=False)
 plt.tight_layout()
 plt.show()
@@ -336,40 +457,68 @@ glue("c04_rho", float(rho), display=False)
 rows = []
 n_genes = (by_median.lengths - 2).sum()
 tf_ids, hk_ids = np.flatnonzero(is_tf), np.flatnonzero(is_hk)
-n_tf, n_hk = np.isin(by_median.tokens, tf_ids).sum(), np.isin(by_median.tokens, hk_ids).sum()
+n_tf, n_hk = (
+    np.isin(by_median.tokens, tf_ids).sum(),
+    np.isin(by_median.tokens, hk_ids).sum(),
+)
 for max_len in [64, 128, 256, 512, 1024, 2048]:
-    short = tt.RankValueTokenizer(vocab, medians, preset="V2", max_len=max_len).encode(kang)
-    short_count = tt.RankValueTokenizer(vocab, flat_medians, preset="V2", max_len=max_len).encode(kang)
-    rows.append({"max_len": max_len,
-                 "cells cut": short.report["n_cells_truncated"] / short.report["n_cells_out"],
-                 "genes kept": (short.lengths - 2).sum() / n_genes,
-                 "TFs kept (count/median)": np.isin(short.tokens, tf_ids).sum() / n_tf,
-                 "TFs kept (count)": np.isin(short_count.tokens, tf_ids).sum() / n_tf,
-                 "housekeeping kept (count/median)": np.isin(short.tokens, hk_ids).sum() / n_hk,
-                 "housekeeping kept (count)": np.isin(short_count.tokens, hk_ids).sum() / n_hk})
+    short = tt.RankValueTokenizer(vocab, medians, preset="V2", max_len=max_len).encode(
+        kang
+    )
+    short_count = tt.RankValueTokenizer(
+        vocab, flat_medians, preset="V2", max_len=max_len
+    ).encode(kang)
+    rows.append(
+        {
+            "max_len": max_len,
+            "cells cut": short.report["n_cells_truncated"]
+            / short.report["n_cells_out"],
+            "genes kept": (short.lengths - 2).sum() / n_genes,
+            "TFs kept (count/median)": np.isin(short.tokens, tf_ids).sum() / n_tf,
+            "TFs kept (count)": np.isin(short_count.tokens, tf_ids).sum() / n_tf,
+            "housekeeping kept (count/median)": np.isin(short.tokens, hk_ids).sum()
+            / n_hk,
+            "housekeeping kept (count)": np.isin(short_count.tokens, hk_ids).sum()
+            / n_hk,
+        }
+    )
 trunc = pd.DataFrame(rows).set_index("max_len")
 trunc.round(3)
 
-# %%
+# %% mystnb={"image": {"alt": "Line chart of the fraction of tokens kept against the maximum sequence length from 64 to 2,048 on a log axis. All curves rise towards 1. Housekeeping tokens ranked by count (dotted) are kept most at short lengths and ranked by count over median (dashed) least; transcription-factor tokens are kept more with median scaling than by raw count."}}
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
-styles = {"genes kept": ("-", "o", OKABE_ITO["black"]),
-          "TFs kept (count/median)": ("--", "^", OKABE_ITO["blue"]),
-          "TFs kept (count)": (":", "^", OKABE_ITO["sky_blue"]),
-          "housekeeping kept (count/median)": ("--", "s", OKABE_ITO["orange"]),
-          "housekeeping kept (count)": (":", "s", OKABE_ITO["vermillion"])}
+styles = {
+    "genes kept": ("-", "o", OKABE_ITO["black"]),
+    "TFs kept (count/median)": ("--", "^", OKABE_ITO["blue"]),
+    "TFs kept (count)": (":", "^", OKABE_ITO["sky_blue"]),
+    "housekeeping kept (count/median)": ("--", "s", OKABE_ITO["orange"]),
+    "housekeeping kept (count)": (":", "s", OKABE_ITO["vermillion"]),
+}
 for col, (ls, mk, c) in styles.items():
     ax.plot(trunc.index, trunc[col], ls=ls, marker=mk, color=c, label=col)
-ax.set(xscale="log", xlabel="maximum sequence length (tokens, incl. <cls>/<eos>)",
-       ylabel="fraction kept", ylim=(0, 1.05))
+ax.set(
+    xscale="log",
+    xlabel="maximum sequence length (tokens, incl. <cls>/<eos>)",
+    ylabel="fraction kept",
+    ylim=(0, 1.05),
+)
 ax.set_xticks(trunc.index, [str(i) for i in trunc.index])
 ax.legend(frameon=False, fontsize=8)
 plt.tight_layout()
 plt.show()
-for col, key in [("genes kept", "genes"), ("TFs kept (count/median)", "tf"), ("TFs kept (count)", "tf_count"),
-                 ("housekeeping kept (count/median)", "hk"), ("housekeeping kept (count)", "hk_count")]:
+for col, key in [
+    ("genes kept", "genes"),
+    ("TFs kept (count/median)", "tf"),
+    ("TFs kept (count)", "tf_count"),
+    ("housekeeping kept (count/median)", "hk"),
+    ("housekeeping kept (count)", "hk_count"),
+]:
     glue(f"c04_{key}_256", float(100 * trunc.loc[256, col]), display=False)
 assert (np.diff(trunc["genes kept"].to_numpy()) >= 0).all()
-assert trunc.loc[256, "housekeeping kept (count/median)"] < trunc.loc[256, "housekeeping kept (count)"]
+assert (
+    trunc.loc[256, "housekeeping kept (count/median)"]
+    < trunc.loc[256, "housekeeping kept (count)"]
+)
 assert trunc.loc[256, "TFs kept (count/median)"] >= trunc.loc[256, "TFs kept (count)"]
 
 # %% [markdown]
@@ -399,7 +548,10 @@ pancreas.X = pancreas.layers["spliced"]
 panc_cov = vocab.coverage(pancreas)
 print(panc_cov)
 print("mapping steps:", panc_cov.mapping["steps"])
-print("mouse genes that share a human gene with another:", panc_cov.mapping["n_duplicate_targets"])
+print(
+    "mouse genes that share a human gene with another:",
+    panc_cov.mapping["n_duplicate_targets"],
+)
 glue("c04_panc_genes", float(100 * panc_cov.gene_fraction), display=False)
 glue("c04_panc_counts", float(100 * panc_cov.count_fraction), display=False)
 assert panc_cov.species == "mouse" and panc_cov.count_fraction > 0.8
@@ -433,10 +585,19 @@ kang_path = ARTIFACTS / "04_kang_counts.h5ad"
 kang_small = kang.copy()
 kang_small.obs = kang_small.obs[["cell_type", "stim"]].astype("category")
 kang_small.write_h5ad(kang_path)
-store = tokenizer.encode_to_store(kang_path, ARTIFACTS / "04_kang.tokens", chunk_size=512, overwrite=True)
+store = tokenizer.encode_to_store(
+    kang_path, ARTIFACTS / "04_kang.tokens", chunk_size=512, overwrite=True
+)
 tokenizer.save_pretrained(ARTIFACTS / "04_tokenizer", overwrite=True)
 print(store)
-print("cell 0:", store[0][:6], "length", store.lengths[0], "| obs:", dict(store.obs.iloc[0]))
+print(
+    "cell 0:",
+    store[0][:6],
+    "length",
+    store.lengths[0],
+    "| obs:",
+    dict(store.obs.iloc[0]),
+)
 assert np.array_equal(store[0], by_median[0]) and len(store) == kang.n_obs
 assert tt.load_tokenizer(ARTIFACTS / "04_tokenizer").config() == tokenizer.config()
 tokenizer.config()
@@ -476,6 +637,9 @@ except tt.TokenizerMismatchError as err:
 #
 # ## Exercises
 #
+# Each solution below is also run when the book is built: the hidden cell after it computes
+# the answer and checks it with `assert`, and the numbers quoted come from that run.
+#
 # ```{exercise}
 # :label: ex04-ncounts
 # Show numerically that the per-cell total does not change the tokens: multiply every count of
@@ -483,64 +647,85 @@ except tt.TokenizerMismatchError as err:
 # do change if you scale only half of the cells.
 # ```
 #
-# ````{solution} ex04-ncounts
+# ```{solution} ex04-ncounts
 # :class: dropdown
-# ```python
-# one = kang[cell_idx:cell_idx + 1].copy()
-# scaled = one.copy()
-# scaled.X = scaled.X * 7
-# assert np.array_equal(tokenizer.encode(one)[0], tokenizer.encode(scaled)[0])
+# Tokenize the cell and its 7-fold copy and compare the sequences (code in the hidden cell
+# below): they are identical, {glue:text}`c04_ex_len` tokens each. Within one cell every gene
+# is multiplied by the same factor, so the order is unchanged. The medians pool *different*
+# cells: `gene_medians` divides by each cell's total, which undoes the factor only if
+# `n_counts` is recomputed; if half of the cells are scaled but their totals are not (e.g. a
+# stale `obs["n_counts"]`), those cells' normalised values are 7 times larger and every median
+# moves.
 # ```
-# Within one cell every gene is multiplied by the same factor, so the order is unchanged. The
-# medians pool *different* cells: `gene_medians` divides by each cell's total, which undoes
-# the factor only if `n_counts` is recomputed; if half of the cells are scaled but their
-# totals are not (e.g. a stale `obs["n_counts"]`), those cells' normalised values are 7 times
-# larger and every median moves.
-# ````
-#
+
+# %% tags=["hide-input"]
+one = kang[cell_idx : cell_idx + 1].copy()
+scaled = one.copy()
+scaled.X = scaled.X * 7
+assert np.array_equal(tokenizer.encode(one)[0], tokenizer.encode(scaled)[0])
+glue("c04_ex_len", int(len(tokenizer.encode(one)[0])), display=False)
+
+# %% [markdown]
 # ```{exercise}
 # :label: ex04-v1v2
 # Tokenize the Kang cells with `preset="V1"` and compare each cell with its V2 sequence without
 # `<cls>`/`<eos>`. Are they the same? Would they differ for a cell with 3,000 expressed genes?
 # ```
 #
-# ````{solution} ex04-v1v2
+# ```{solution} ex04-v1v2
 # :class: dropdown
-# ```python
-# c1 = v1.encode(kang)
-# differ = [i for i in range(len(c1)) if not np.array_equal(c1[i], by_median[i][1:-1])]
-# print(len(differ), by_median.lengths[differ] - 2)  # 1 cell, with 2,459 genes
-# assert all(np.array_equal(c1[i], by_median[i][1:2049]) for i in differ)
+# Encode with `v1` and compare each cell with `by_median[i][1:-1]` (hidden cell below). All
+# cells agree except the {glue:text}`c04_ex_n_differ` with more than 2,048 expressed genes
+# (the longest has {glue:text}`c04_ex_longest` genes): V1 cuts them at 2,048 genes, V2 keeps
+# all of them (up to 4,094), and the first 2,048 are the same. A corpus of cells with 3,000
+# genes would differ in every cell. The token *ids* mean the same in both only because the two
+# tokenizers share one vocabulary: Geneformer's real V1 and V2 dictionaries differ (in V2,
+# id 2 is `<cls>`).
 # ```
-# All cells agree except the one cell with more than 2,048 expressed genes: V1 cuts it at
-# 2,048 genes, V2 keeps all of them (up to 4,094), and the first 2,048 are the same. A corpus
-# of cells with 3,000 genes would differ in every cell. The token *ids* mean the same in both
-# only because the two tokenizers share one vocabulary: Geneformer's real V1 and V2
-# dictionaries differ (in V2, id 2 is `<cls>`).
-# ````
-#
+
+# %% tags=["hide-input"]
+c1 = v1.encode(kang)
+differ = [i for i in range(len(c1)) if not np.array_equal(c1[i], by_median[i][1:-1])]
+n_genes_of = by_median.lengths - 2
+# exactly the long cells differ, and only after their first 2,048 genes
+assert sorted(differ) == np.flatnonzero(n_genes_of > 2048).tolist()
+assert all(np.array_equal(c1[i], by_median[i][1:2049]) for i in differ)
+glue("c04_ex_n_differ", len(differ), display=False)
+glue("c04_ex_longest", int(n_genes_of.max()), display=False)
+
+# %% [markdown]
 # ```{exercise}
 # :label: ex04-bins
 # Tokenize the monocyte with `BinningTokenizer` seeds 0 and 1. Which genes change bin, and
 # what do they have in common? What would happen to a model if the bins were *not* randomised?
 # ```
 #
-# ````{solution} ex04-bins
+# ```{solution} ex04-bins
 # :class: dropdown
-# ```python
-# b0 = tt.BinningTokenizer(vocab, seed=0).encode(kang[cell_idx:cell_idx + 1])
-# b1 = tt.BinningTokenizer(vocab, seed=1).encode(kang[cell_idx:cell_idx + 1])
-# changed = b0.values_of(0) != b1.values_of(0)
-# count_of = steps.set_index("id")["count"]               # the monocyte's counts by token id
-# print(changed.sum(), "genes changed bin; their counts:")
-# print(count_of.reindex(b0[0][changed]).value_counts())
+# Compare `values_of(0)` of the two encodings (hidden cell below):
+# {glue:text}`c04_ex_bins_changed` genes change bin, and every one of them shares its count
+# with other genes of the cell; {glue:text}`c04_ex_bins_low:.0f` % have a count of 1 or 2.
+# Such a value sits on several quantile edges at once and gets a random bin among them.
+# Without randomisation they would all land in the same bin, a large block of identical
+# values that tells the model nothing and biases it toward that bin.
 # ```
-# Only genes with repeated values change: mostly genes with a count of 1 or 2, whose value sits
-# on several quantile edges at once and gets a random bin among them. Without randomisation
-# they would all land in the same bin, a large block of identical values that tells the model
-# nothing and biases it toward that bin.
-# ````
-#
+
+# %% tags=["hide-input"]
+b0 = tt.BinningTokenizer(vocab, seed=0).encode(kang[cell_idx : cell_idx + 1])
+b1 = tt.BinningTokenizer(vocab, seed=1).encode(kang[cell_idx : cell_idx + 1])
+assert np.array_equal(b0[0], b1[0])  # same genes in the same order; only bins differ
+changed = b0.values_of(0) != b1.values_of(0)
+ids_all = vocab.map_genes(list(kang.var_names)).ids
+count_of = pd.Series(counts, index=ids_all)
+count_of = count_of[(count_of.index >= 0) & (count_of > 0)].groupby(level=0).sum()
+changed_counts = count_of.reindex(b0[0][changed])
+assert changed.sum() > 0 and changed_counts.notna().all()
+# every one shares its count with other genes of the cell: a tied value
+assert (changed_counts.map(count_of.value_counts()) > 1).all()
+glue("c04_ex_bins_changed", int(changed.sum()), display=False)
+glue("c04_ex_bins_low", float(100 * (changed_counts <= 2).mean()), display=False)
+
+# %% [markdown]
 # ```{exercise}
 # :label: ex04-mouse
 # Find three mouse genes of the pancreas data that share a human ortholog with another mouse
@@ -548,19 +733,58 @@ except tt.TokenizerMismatchError as err:
 # keeping the first?
 # ```
 #
-# ````{solution} ex04-mouse
+# ```{solution} ex04-mouse
 # :class: dropdown
-# ```python
-# ids = vocab.map_genes(list(pancreas.var_names), species="mouse").ids
-# s = pd.Series(ids[ids >= 0], index=pancreas.var_names[ids >= 0])
-# shared = s[s.duplicated(keep=False)].sort_values()
-# print([(g, sym[vocab.id_to_token(i)]) for g, i in shared.head(6).items()])
+# Map the pancreas genes with `species="mouse"` and keep the ids that occur twice (hidden cell
+# below): {glue:text}`c04_ex_mouse_n` mouse genes share {glue:text}`c04_ex_mouse_targets`
+# human genes. Pairs such as *Pot1a*/*Pot1b* → *POT1* or *Rsph3a*/*Rsph3b* → *RSPH3* (and, in
+# general, *Ins1*/*Ins2* → *INS*) come from gene duplications in the mouse lineage; both
+# copies make the product that the single human gene makes, so the human-equivalent
+# expression is their sum (Geneformer V2 sums duplicated Ensembl IDs in the same way).
 # ```
-# Pairs such as *Pot1a*/*Pot1b* → *POT1* or *Rsph3a*/*Rsph3b* → *RSPH3* (and, in general,
-# *Ins1*/*Ins2* → *INS*) come from gene duplications in the mouse lineage; both copies make the
-# product that the single human gene makes, so the human-equivalent expression is their sum
-# (Geneformer V2 sums duplicated Ensembl IDs in the same way).
-# ````
+
+# %% tags=["hide-input"]
+ids = vocab.map_genes(list(pancreas.var_names), species="mouse").ids
+s = pd.Series(ids[ids >= 0], index=pancreas.var_names[ids >= 0])
+shared = s[s.duplicated(keep=False)].sort_values()
+human_of = {g: sym[vocab.id_to_token(i)] for g, i in shared.items()}
+assert human_of["Pot1a"] == human_of["Pot1b"] == "POT1"
+assert human_of["Rsph3a"] == human_of["Rsph3b"] == "RSPH3"
+glue("c04_ex_mouse_n", int(len(shared)), display=False)
+glue("c04_ex_mouse_targets", int(shared.nunique()), display=False)
+
+# %% [markdown]
+# ## Quiz
+#
+# ```{admonition} 1. A cell is sequenced twice as deeply, so every count doubles. What happens to its token sequence?
+# :class: dropdown
+# Nothing: every gene's value is multiplied by the same factor, so their order, and hence the
+# tokens, stay the same (section 3).
+# ```
+#
+# ```{admonition} 2. In this chapter's run, what share of each cell's first 25 words were housekeeping genes when ranked by raw count, and after dividing by the gene medians?
+# :class: dropdown
+# {glue:text}`c04_hk_count_top:.0f` % by count and {glue:text}`c04_hk_median_top:.0f` % after
+# median scaling: the medians push genes that are high everywhere to the back (section 4).
+# ```
+#
+# ```{admonition} 3. At a maximum length of 256 tokens, what fraction of the expressed genes did the Kang cells keep, and can a model tell a cut gene from an unexpressed one?
+# :class: dropdown
+# {glue:text}`c04_genes_256:.0f` % of the genes; no: a gene cut at `max_len` is simply absent
+# from the sequence, exactly like a gene that was never expressed (section 6).
+# ```
+#
+# ```{admonition} 4. Which of the two encodings needs a statistic of the whole corpus, rank-value or scGPT's bins?
+# :class: dropdown
+# Rank-value encoding, which divides by each gene's corpus median; scGPT's bins are cut at the
+# quantiles of the cell's own values (section 5).
+# ```
+#
+# ```{admonition} 5. Mouse *Ins1* and *Ins2* both map to human *INS*. What does the tokenizer do with their counts?
+# :class: dropdown
+# It adds them: the two mouse copies together make what the single human gene makes
+# (section 7).
+# ```
 #
 # ## Key takeaways
 #
