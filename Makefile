@@ -25,7 +25,7 @@ LOCK := requirements.lock
 TORCH_FIND_LINKS ?= $(if $(wildcard /opt/wheels/torch-$(TORCH_VERSION)*),/opt/wheels,)
 LOCK_TORCH_ARGS := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: setup test unit notebooks book-check book clean sync-notebooks lock browser linkcheck
+.PHONY: setup test unit notebooks book-check book clean sync-notebooks lock browser linkcheck set-repository
 
 setup: $(VENV)/.installed
 
@@ -88,6 +88,12 @@ browser:
 # The offline check of their syntax is tests/test_links.py.
 linkcheck: setup
 	$(VENV)/bin/jupyter-book build . --builder linkcheck
+
+# The book's deployment settings (README, "Publishing the book"): the repository the buttons and
+# the notebooks' install cell point at, its branch, and an optional JupyterHub (HUB= removes it).
+set-repository:
+	@test -n "$(REPO)" || { echo "usage: make set-repository REPO=https://github.com/OWNER/NAME [BRANCH=main] [HUB=URL]"; exit 1; }
+	$(PYTHON) .ci/set_repository.py --url "$(REPO)" $(if $(BRANCH),--branch "$(BRANCH)",) $(if $(filter undefined,$(origin HUB)),,--hub "$(HUB)")
 
 sync-notebooks: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
