@@ -3,6 +3,11 @@
 Each explorer draws a matplotlib figure for one value with a pure ``draw(value)`` (tested
 headless), shows ipywidgets controls wired to it with ``show()`` in Jupyter or Colab, and gives
 the built book a plain figure with ``static(values)``. ipywidgets is imported only by ``show()``.
+
+In a chapter, put ``explorer.show()`` in a cell tagged ``skip-execution`` (the book shows the
+code, Jupyter runs it) and the ``static(...)`` figure in an ordinary cell; never leave an
+explorer as a cell's last expression in an executed cell: that displays the widget, whose state
+a static page cannot render.
 """
 from tflib._lazy import lazy_exports
 
