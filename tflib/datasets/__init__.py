@@ -12,6 +12,7 @@ _EXPORTS: dict[str, str] = {
     # replace the function on this package as soon as it is imported.
     "simulate": "simulator", "knockout": "simulator", "overexpress": "simulator",
     "true_regulators": "_perturb",
+    "tf_symbols": "_names",  # the human TF list the simulator draws regulator names from
     "screen": "screening",
 }
 

@@ -56,7 +56,7 @@ def _locate(name: str) -> Path:
 
 @lru_cache(maxsize=None)
 def tf_symbols() -> tuple[str, ...]:
-    """Sorted, unique human transcription-factor symbols (labels for regulators)."""
+    """Sorted, unique human transcription-factor symbols: the simulator's regulator labels, and chapter 13's TF list."""
     text = _locate("tfs_human").read_text().split()
     return tuple(sorted({s.strip() for s in text if _CODING_LOOKING.match(s.strip())}))
 
