@@ -186,8 +186,13 @@ class Site:
         page.on("response", lambda resp: problems.append(f"HTTP {resp.status}: {resp.url}")
                 if resp.url.startswith(self.origin) and resp.status >= 400 else None)
         url = f"{self.origin}/{page_path.relative_to(self.html).as_posix()}"
+        from playwright.sync_api import Error as PlaywrightError
+
         try:
-            page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
+            try:
+                page.goto(url, wait_until="load", timeout=LOAD_TIMEOUT_MS)
+            except PlaywrightError as exc:                     # a timeout or a crash of this page
+                return problems + [f"did not load: {str(exc).splitlines()[0]}"]
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot))
