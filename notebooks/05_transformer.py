@@ -62,6 +62,7 @@ from myst_nb import glue
 import tflib
 import tflib.datasets as tds
 import tflib.tokenize as tt
+import tflib.widgets as tw
 from tflib.models import Transcriptformer, TranscriptformerConfig
 from tflib.pl.workflow import OKABE_ITO
 
@@ -70,8 +71,17 @@ rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 torch.set_num_threads(2)
 ARTIFACTS = Path("_artifacts")
 ARTIFACTS.mkdir(exist_ok=True)
-device = tflib.utils.get_device("cpu")  # this chapter is tiny; CPU keeps the numbers comparable
+# this chapter is tiny; CPU keeps the numbers comparable
+device = tflib.utils.get_device("cpu")
 print("device:", device)
+
+
+def sig3(v):
+    """Tables show 3 significant digits; whole numbers from 1,000 up are written out."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+pd.set_option("display.float_format", sig3)
 
 # %% [markdown]
 # ## 1 Attention from scratch
@@ -91,10 +101,11 @@ print("device:", device)
 # %%
 genes = ["LYZ", "S100A8", "CD14", "MS4A1", "CD79A"]
 g = torch.Generator().manual_seed(SEED)
-programs = torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 1.0, 1.0]] * 2)  # (L, D)
-x = programs + 0.3 * torch.randn(5, 4, generator=g)                          # (L, D) = (5, 4)
+myeloid, b_cell = [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]
+programs = torch.tensor([myeloid] * 3 + [b_cell] * 2)  # (L, D)
+x = programs + 0.3 * torch.randn(5, 4, generator=g)  # (L, D) = (5, 4)
 L, D = x.shape
-pd.DataFrame(x.numpy(), index=genes, columns=[f"dim {i}" for i in range(D)]).round(2)
+pd.DataFrame(x.numpy(), index=genes, columns=[f"dim {i}" for i in range(D)])
 
 # %% [markdown]
 # Three learned matrices turn each embedding into three roles:
@@ -108,13 +119,13 @@ pd.DataFrame(x.numpy(), index=genes, columns=[f"dim {i}" for i in range(D)]).rou
 # are learned.
 
 # %%
-W_q = 2.0 * torch.eye(D) + 0.1 * torch.randn(D, D, generator=g)   # (D, D)
-W_k = W_q.clone()                                                  # (D, D)
-W_v = torch.randn(D, D, generator=g)                               # (D, D)
+W_q = 2.0 * torch.eye(D) + 0.1 * torch.randn(D, D, generator=g)  # (D, D)
+W_k = W_q.clone()  # (D, D)
+W_v = torch.randn(D, D, generator=g)  # (D, D)
 
-Q = x @ W_q   # (L, D) @ (D, D) -> (L, D)
-K = x @ W_k   # (L, D)
-V = x @ W_v   # (L, D)
+Q = x @ W_q  # (L, D) @ (D, D) -> (L, D)
+K = x @ W_k  # (L, D)
+V = x @ W_v  # (L, D)
 print("Q, K, V:", tuple(Q.shape), tuple(K.shape), tuple(V.shape))
 
 # %% [markdown]
@@ -133,22 +144,37 @@ print("Q, K, V:", tuple(Q.shape), tuple(K.shape), tuple(V.shape))
 # $$\operatorname{Attention}(Q, K, V) = \operatorname{softmax}\!\left(\frac{Q K^\top}{\sqrt{d}}\right) V .$$
 
 # %%
-scores = Q @ K.T / math.sqrt(D)          # (L, D) @ (D, L) -> (L, L)
-A = torch.softmax(scores, dim=-1)        # (L, L), every row sums to 1
-out = A @ V                              # (L, L) @ (L, D) -> (L, D)
-print("scores:", tuple(scores.shape), "| weights:", tuple(A.shape), "| output:", tuple(out.shape))
+scores = Q @ K.T / math.sqrt(D)  # (L, D) @ (D, L) -> (L, L)
+A = torch.softmax(scores, dim=-1)  # (L, L), every row sums to 1
+out = A @ V  # (L, L) @ (L, D) -> (L, D)
+print(
+    "scores:",
+    tuple(scores.shape),
+    "| weights:",
+    tuple(A.shape),
+    "| output:",
+    tuple(out.shape),
+)
 assert torch.allclose(A.sum(dim=-1), torch.ones(L))
-within = A[:3, :3].sum(dim=1).mean().item()    # attention a myeloid gene keeps inside its program
+# attention a myeloid gene keeps inside its program
+within = A[:3, :3].sum(dim=1).mean().item()
 glue("c05_within", 100 * within, display=False)
 assert within > 0.8
 
-# %%
+# %% mystnb={"image": {"alt": "Five by five heat map of attention weights for the toy cell, queries as rows and keys as columns, each cell printed with its weight. The upper-left three by three block (LYZ, S100A8, CD14) is bright and the lower-right two by two block (MS4A1, CD79A) is bright; weights between the two programs are dark."}}
 fig, ax = plt.subplots(figsize=(4.6, 3.9))
 im = ax.imshow(A.numpy(), cmap="viridis", vmin=0, vmax=1)
 for i in range(L):
     for j in range(L):
-        ax.text(j, i, f"{A[i, j]:.2f}", ha="center", va="center",
-                color="white" if A[i, j] < 0.5 else "black", fontsize=8)
+        ax.text(
+            j,
+            i,
+            f"{A[i, j]:.2f}",
+            ha="center",
+            va="center",
+            color="white" if A[i, j] < 0.5 else "black",
+            fontsize=8,
+        )
 ax.set_xticks(range(L), genes, rotation=45, ha="right")
 ax.set_yticks(range(L), genes)
 ax.set(xlabel="key (attended to)", ylabel="query (attending)")
@@ -176,25 +202,45 @@ plt.show()
 # %%
 from tflib.models.blocks import SelfAttention
 
-toy_config = TranscriptformerConfig(vocab_size=10, max_len=8, n_layer=1, n_head=1, n_embd=D, n_inner=8,
-                                    dropout=0.0, attn_dropout=0.0)
+toy_config = TranscriptformerConfig(
+    vocab_size=10,
+    max_len=8,
+    n_layer=1,
+    n_head=1,
+    n_embd=D,
+    n_inner=8,
+    dropout=0.0,
+    attn_dropout=0.0,
+)
 attn = SelfAttention(toy_config).eval()
 with torch.no_grad():
     for layer, W in [(attn.query, W_q), (attn.key, W_k), (attn.value, W_v)]:
         layer.weight.copy_(W.T)
         layer.bias.zero_()
 
-xb = x[None]                                                       # (B, L, D) = (1, 5, 4)
+xb = x[None]  # (B, L, D) = (1, 5, 4)
 with torch.no_grad():
-    q, k, v = (attn.split_heads(lin(xb)) for lin in (attn.query, attn.key, attn.value))  # (B, H, L, Dh)
-    ctx_steps, weights = attn.attend_step_by_step(q, k, v, key_mask=None)  # (1, 1, 5, 4), (1, 1, 5, 5)
-    ctx_fused = attn.attend_fused(q, k, v, key_mask=None)                 # (1, 1, 5, 4)
-print("per-head q:", tuple(q.shape), "| weights:", tuple(weights.shape), "| context:", tuple(ctx_steps.shape))
+    # each (B, H, L, Dh)
+    q, k, v = (attn.split_heads(lin(xb)) for lin in (attn.query, attn.key, attn.value))
+    # (1, 1, 5, 4) and (1, 1, 5, 5)
+    ctx_steps, weights = attn.attend_step_by_step(q, k, v, key_mask=None)
+    ctx_fused = attn.attend_fused(q, k, v, key_mask=None)  # (1, 1, 5, 4)
+print(
+    "per-head q:",
+    tuple(q.shape),
+    "| weights:",
+    tuple(weights.shape),
+    "| context:",
+    tuple(ctx_steps.shape),
+)
 torch.testing.assert_close(weights[0, 0], A, rtol=0, atol=1e-6)
 torch.testing.assert_close(ctx_steps[0, 0], out, rtol=0, atol=1e-6)
 fused_gap = (ctx_fused - ctx_steps).abs().max().item()
 glue("c05_fused_gap", fused_gap, display=False)
-print(f"step-by-step vs by hand: equal | fused vs step-by-step: max |diff| = {fused_gap:.1e}")
+print(
+    "step-by-step vs by hand: equal | fused vs step-by-step:",
+    f"max |diff| = {fused_gap:.1e}",
+)
 assert fused_gap < 1e-6
 
 # %% [markdown]
@@ -222,10 +268,13 @@ assert fused_gap < 1e-6
 # it by appending two padding positions to the toy cell.
 
 # %%
-x_pad = torch.cat([xb, torch.randn(1, 2, D, generator=g)], dim=1)  # (1, 7, 4): two junk positions
-key_mask = torch.tensor([[True] * 5 + [False] * 2])                # (B, L), True = real token
+# (1, 7, 4): two junk positions
+x_pad = torch.cat([xb, torch.randn(1, 2, D, generator=g)], dim=1)
+key_mask = torch.tensor([[True] * 5 + [False] * 2])  # (B, L), True = real token
 with torch.no_grad():
-    qp, kp, vp = (attn.split_heads(lin(x_pad)) for lin in (attn.query, attn.key, attn.value))
+    qp, kp, vp = (
+        attn.split_heads(lin(x_pad)) for lin in (attn.query, attn.key, attn.value)
+    )
     ctx_pad, w_pad = attn.attend_step_by_step(qp, kp, vp, key_mask)
     ctx_pad_fused = attn.attend_fused(qp, kp, vp, key_mask)
 print("weight on padding keys:", w_pad[0, 0, :, 5:].abs().max().item())
@@ -269,20 +318,34 @@ assert (ctx_pad_fused - ctx_pad).abs().max() < 1e-6
 # %%
 from tflib.models.blocks import Block
 
-block_config = TranscriptformerConfig(vocab_size=10, max_len=16, n_layer=1, n_head=2, n_embd=8, n_inner=16,
-                                      dropout=0.0, attn_dropout=0.0)
+block_config = TranscriptformerConfig(
+    vocab_size=10,
+    max_len=16,
+    n_layer=1,
+    n_head=2,
+    n_embd=8,
+    n_inner=16,
+    dropout=0.0,
+    attn_dropout=0.0,
+)
 block = Block(block_config).eval()
-for p in block.parameters():                      # random, not the LayerNorm's default 1 and 0
+for p in block.parameters():  # random, not the LayerNorm's default 1 and 0
     torch.nn.init.normal_(p, std=0.3, generator=g)
-xs = torch.randn(1, 6, 8, generator=g)            # (B, L, D)
+xs = torch.randn(1, 6, 8, generator=g)  # (B, L, D)
 
 with torch.no_grad():
     a = block.attn
-    heads = [t.view(1, 6, 2, 4).transpose(1, 2) for t in (a.query(xs), a.key(xs), a.value(xs))]  # (B, H, L, Dh)
-    w = torch.softmax(heads[0] @ heads[1].transpose(-2, -1) / math.sqrt(4), dim=-1)        # (B, H, L, L)
-    ctx = (w @ heads[2]).transpose(1, 2).reshape(1, 6, 8)                                   # heads concatenated
-    h = a.ln(xs + a.proj(ctx))                                                              # residual, post-LN
-    y = block.mlp.ln(h + block.mlp.proj(torch.relu(block.mlp.fc(h))))                        # FFN, residual, LN
+    # each (B, H, L, Dh)
+    heads = [
+        t.view(1, 6, 2, 4).transpose(1, 2)
+        for t in (a.query(xs), a.key(xs), a.value(xs))
+    ]
+    scores = heads[0] @ heads[1].transpose(-2, -1) / math.sqrt(4)  # (B, H, L, L)
+    w = torch.softmax(scores, dim=-1)
+    ctx = (w @ heads[2]).transpose(1, 2).reshape(1, 6, 8)  # heads concatenated
+    h = a.ln(xs + a.proj(ctx))  # residual, post-LN
+    ffn = block.mlp.proj(torch.relu(block.mlp.fc(h)))
+    y = block.mlp.ln(h + ffn)  # FFN, residual, LN
     y_lib, _ = block(xs)
 torch.testing.assert_close(y_lib, y, rtol=0, atol=1e-5)
 print("block by hand == tflib Block | output shape", tuple(y.shape))
@@ -311,32 +374,53 @@ print("block by hand == tflib Block | output shape", tuple(y.shape))
 # 128 tokens per cell), and with the same small model over the full GENCODE vocabulary of
 # chapter 04 (62,758 tokens).
 
+
 # %%
 def count_by_hand(c: TranscriptformerConfig) -> dict:
     D, F, V = c.n_embd, c.n_inner, c.vocab_size
-    return {"embeddings": (V + c.max_len + c.type_vocab_size) * D + 2 * D,
-            "blocks": c.n_layer * (4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D),
-            "MLM head": D * D + 3 * D + V}
+    return {
+        "embeddings": (V + c.max_len + c.type_vocab_size) * D + 2 * D,
+        "blocks": c.n_layer * (4 * D * D + 4 * D + 2 * D * F + F + D + 4 * D),
+        "MLM head": D * D + 3 * D + V,
+    }
 
 
 configs = {
     "Geneformer V1-10M-like": TranscriptformerConfig(),
-    "course checkpoint": TranscriptformerConfig(vocab_size=11_968, max_len=128, n_layer=2, n_head=4,
-                                                n_embd=128, n_inner=256, activation="gelu"),
+    "course checkpoint": TranscriptformerConfig(
+        vocab_size=11_968,
+        max_len=128,
+        n_layer=2,
+        n_head=4,
+        n_embd=128,
+        n_inner=256,
+        activation="gelu",
+    ),
 }
-configs["course, GENCODE vocabulary"] = TranscriptformerConfig(**{**configs["course checkpoint"].to_dict(),
-                                                                  "vocab_size": 62_758})
+configs["course, GENCODE vocabulary"] = TranscriptformerConfig(
+    **{**configs["course checkpoint"].to_dict(), "vocab_size": 62_758}
+)
 rows = {}
 for name, c in configs.items():
     parts = count_by_hand(c)
     n_model = Transcriptformer(c).num_parameters()
     assert sum(parts.values()) == n_model, (name, parts, n_model)
-    rows[name] = {**parts, "total": n_model, "layers x hidden": f"{c.n_layer} x {c.n_embd}",
-                  "vocabulary": c.vocab_size}
+    rows[name] = {
+        **parts,
+        "total": n_model,
+        "layers x hidden": f"{c.n_layer} x {c.n_embd}",
+        "vocabulary": c.vocab_size,
+    }
 params = pd.DataFrame(rows).T
-glue("c05_gf_params", params.loc["Geneformer V1-10M-like", "total"] / 1e6, display=False)
+glue(
+    "c05_gf_params", params.loc["Geneformer V1-10M-like", "total"] / 1e6, display=False
+)
 glue("c05_small_params", params.loc["course checkpoint", "total"] / 1e6, display=False)
-glue("c05_big_vocab_params", params.loc["course, GENCODE vocabulary", "total"] / 1e6, display=False)
+glue(
+    "c05_big_vocab_params",
+    params.loc["course, GENCODE vocabulary", "total"] / 1e6,
+    display=False,
+)
 emb_share = {k: r["embeddings"] / r["total"] for k, r in rows.items()}
 glue("c05_gf_emb", 100 * emb_share["Geneformer V1-10M-like"], display=False)
 glue("c05_small_emb", 100 * emb_share["course checkpoint"], display=False)
@@ -344,13 +428,24 @@ glue("c05_big_vocab_emb", 100 * emb_share["course, GENCODE vocabulary"], display
 assert emb_share["course, GENCODE vocabulary"] > 0.9
 params
 
-# %%
+# %% mystnb={"image": {"alt": "Stacked horizontal bars of parameter counts in millions for three configurations, split into embeddings (blue, hatched), encoder blocks (orange) and MLM head (green, dotted). The course model with the full GENCODE vocabulary is the longest bar and is almost all embeddings; in the Geneformer-like model and the course checkpoint the embeddings are also the largest part."}}
 fig, ax = plt.subplots(figsize=(7, 2.8))
 left = np.zeros(len(params))
-for part, colour, hatch in [("embeddings", OKABE_ITO["blue"], "//"), ("blocks", OKABE_ITO["orange"], ""),
-                            ("MLM head", OKABE_ITO["green"], "..")]:
+for part, colour, hatch in [
+    ("embeddings", OKABE_ITO["blue"], "//"),
+    ("blocks", OKABE_ITO["orange"], ""),
+    ("MLM head", OKABE_ITO["green"], ".."),
+]:
     vals = params[part].astype(float).to_numpy() / 1e6
-    ax.barh(params.index, vals, left=left, color=colour, hatch=hatch, edgecolor="k", label=part)
+    ax.barh(
+        params.index,
+        vals,
+        left=left,
+        color=colour,
+        hatch=hatch,
+        edgecolor="k",
+        label=part,
+    )
     left += vals
 ax.set_xlabel("parameters (millions)")
 ax.legend(frameon=False, ncol=3, loc="lower right", bbox_to_anchor=(1, 1))
@@ -387,7 +482,8 @@ from tflib.models import course_checkpoint
 
 model, ck_tokenizer = course_checkpoint(device=device)
 torch.manual_seed(SEED)
-random_model = Transcriptformer(model.config).to(device).eval()    # same architecture, untrained
+# same architecture, untrained
+random_model = Transcriptformer(model.config).to(device).eval()
 vocab = ck_tokenizer.vocab
 print(model.config)
 print(ck_tokenizer)
@@ -395,8 +491,10 @@ print(ck_tokenizer)
 kang = tds.load("kang_pbmc")
 cell_types = ["CD14 Mono", "B", "CD4 Naive T"]
 cells = [int(np.flatnonzero(kang.obs["cell_type"] == ct)[0]) for ct in cell_types]
-# the course vocabulary keeps the ~12,000 genes seen in >= 10 cells of a corpus source; Kang's others carry few counts
-tokens = ck_tokenizer.encode(kang[cells])  # the default coverage check is on counts (chapter 04)
+# the course vocabulary keeps the ~12,000 genes seen in >= 10 cells of a corpus
+# source; Kang's others carry few counts. The default coverage check is on counts
+# (chapter 04).
+tokens = ck_tokenizer.encode(kang[cells])
 ids_of_kang = vocab.map_genes(list(kang.var_names)).ids
 symbol_of = {int(i): s for i, s in zip(ids_of_kang, kang.var_names) if i >= 0}
 symbol_of.update({vocab.cls_id: "<cls>", vocab.eos_id: "<eos>", vocab.pad_id: "<pad>"})
@@ -411,23 +509,29 @@ for i, ct in enumerate(cell_types):
 # its 128-token budget keeps each cell's top 126 genes only.
 
 # %%
-input_ids = torch.as_tensor(tokens.padded(pad_id=vocab.pad_id), dtype=torch.long).to(device)  # (3, L)
-with torch.no_grad():
-    att = model(input_ids, output_attentions=True, logits=None).attentions[0].cpu()       # (B, H, L, L)
-    att_random = random_model(input_ids, output_attentions=True, logits=None).attentions[0].cpu()
+padded_tokens = tokens.padded(pad_id=vocab.pad_id)
+input_ids = torch.as_tensor(padded_tokens, dtype=torch.long).to(device)  # (3, L)
+with torch.no_grad():  # first-layer weights, each (B, H, L, L)
+    att = model(input_ids, output_attentions=True, logits=None).attentions[0].cpu()
+    out_random = random_model(input_ids, output_attentions=True, logits=None)
+    att_random = out_random.attentions[0].cpu()
 n_seq = input_ids.shape[1]
 print("first layer:", tuple(att.shape))
 
 
 def row_entropy_ratio(w):
-    """Entropy of each attention row divided by that of uniform attention (1 = uniform)."""
+    """Entropy of each attention row over that of uniform attention (1 = uniform)."""
     ent = -(w.clamp_min(1e-12) * w.clamp_min(1e-12).log()).sum(-1)
     return ent / math.log(w.shape[-1])
 
 
-ent = pd.DataFrame({"trained": row_entropy_ratio(att).mean(dim=(0, 2)).numpy(),
-                    "random": row_entropy_ratio(att_random).mean(dim=(0, 2)).numpy()},
-                   index=pd.Index([f"head {h}" for h in range(att.shape[1])], name="first layer"))
+ent = pd.DataFrame(
+    {
+        "trained": row_entropy_ratio(att).mean(dim=(0, 2)).numpy(),
+        "random": row_entropy_ratio(att_random).mean(dim=(0, 2)).numpy(),
+    },
+    index=pd.Index([f"head {h}" for h in range(att.shape[1])], name="first layer"),
+)
 glue("c05_ent_random", float(ent["random"].mean()), display=False)
 glue("c05_ent_trained_min", float(ent["trained"].min()), display=False)
 glue("c05_ent_trained_max", float(ent["trained"].max()), display=False)
@@ -438,9 +542,9 @@ glue("c05_max_trained", att.max().item(), display=False)
 glue("c05_max_ratio", att.max().item() * n_seq, display=False)
 assert ent["random"].min() > 0.99 and att_random.max() < 3 / n_seq
 assert ent["trained"].mean() < ent["random"].mean() and att.max() > 10 / n_seq
-ent.round(3)
+ent
 
-# %%
+# %% mystnb={"image": {"alt": "Grid of first-layer attention heat maps for the CD14 monocyte over its cls token and 15 top-ranked genes, one column per head. Top row, random model: every panel is a flat, uniform dark colour. Bottom row, course checkpoint: the panels show bright vertical stripes, where most queries read from the same few keys, and the heads differ from one another."}}
 n_top = 16
 labels = [symbol_of.get(t, vocab.id_to_token(t)) for t in input_ids[0, :n_top].tolist()]
 n_head = att.shape[1]
@@ -449,7 +553,9 @@ vmax = float(att[0, :, :n_top, :n_top].max())
 for row, (name, w) in enumerate([("random", att_random), ("trained", att)]):
     for h in range(n_head):
         ax = axes[row, h]
-        im = ax.imshow(w[0, h, :n_top, :n_top].numpy(), cmap="viridis", vmin=0, vmax=vmax)
+        im = ax.imshow(
+            w[0, h, :n_top, :n_top].numpy(), cmap="viridis", vmin=0, vmax=vmax
+        )
         ax.set_title(f"{name}, head {h}", fontsize=9)
         ax.set_xticks(range(n_top), labels, rotation=90, fontsize=7)
         ax.set_yticks(range(n_top), labels, fontsize=7)
@@ -486,6 +592,56 @@ plt.show()
 # maps by eye.
 # ```
 #
+# ### Explore layers and heads
+#
+# The figure above shows the first layer only. `tflib.widgets.attention_explorer` computes a
+# cell's attention in every layer and head once and draws the one you pick; in Jupyter or
+# Colab `att_explorer.show()` gives two dropdowns, and the book shows the second (last) layer's
+# heads for the same monocyte, on one colour scale for all layers and heads.
+
+# %%
+att_explorer = tw.attention_explorer(
+    model, ck_tokenizer, kang, cell=cells[0], n_tokens=n_top
+)
+# the explorer's first layer is the map above (the cell alone = the cell in its padded batch)
+for h in range(n_head):
+    np.testing.assert_allclose(
+        att_explorer.matrix((0, h)), att[0, h, :n_top, :n_top].numpy(), atol=1e-5
+    )
+last = att_explorer.n_layer - 1
+glue("c05_last_max", float(att_explorer.weights[last].max()), display=False)
+glue("c05_first_max", float(att_explorer.weights[0].max()), display=False)
+# share of each last-layer head's weight on the query's own rank and its two neighbours
+L_cell = att_explorer.weights.shape[-1]
+near = np.abs(np.subtract.outer(np.arange(L_cell), np.arange(L_cell))) <= 1
+band = [float(w[1:][near[1:]].sum() / (L_cell - 1)) for w in att_explorer.weights[last]]
+band_head = int(np.argmax(band))
+band_rest = max(b for h, b in enumerate(band) if h != band_head)
+assert band[band_head] > 0.3 and band[band_head] > 5 * band_rest
+glue("c05_band_head", band_head, display=False)
+glue("c05_band_share", 100 * band[band_head], display=False)
+glue("c05_band_rest", 100 * band_rest, display=False)
+glue("c05_band_uniform", 100 * 3 / L_cell, display=False)
+
+# %% tags=["skip-execution"]
+# interactive: dropdowns for layer and head (Jupyter, Colab; not run in the book)
+att_explorer.show()
+
+# %% mystnb={"image": {"alt": "Four attention heat maps of the course checkpoint's second layer for the CD14 monocyte, one per head, each over the cls token and the 15 top-ranked genes with queries as rows and keys as columns. Three heads spread their weight thinly with a few faint columns; one head shows a bright band along the diagonal, where each gene attends mostly to itself and to the genes ranked just before and after it."}}
+fig = att_explorer.static([(last, h) for h in range(n_head)], ncols=4)
+plt.show()
+
+# %% [markdown]
+# *Figure: second-layer attention of the course checkpoint for the same monocyte, one panel
+# per head (static view of the attention explorer).* The largest weight of the cell is
+# {glue:text}`c05_first_max:.2f` in the first layer and {glue:text}`c05_last_max:.2f` in the
+# second. One second-layer head, head {glue:text}`c05_band_head`, is positional: it puts
+# {glue:text}`c05_band_share:.0f` % of its weight on the query's own rank and the two ranks
+# next to it (uniform attention would put {glue:text}`c05_band_uniform:.1f` % there), while
+# the other heads put at most {glue:text}`c05_band_rest:.1f` % there. Neighbouring ranks hold
+# genes with similar `count / median`, so this head mixes each gene with the genes at a
+# similar relative level in the same cell.
+#
 # ## 4 Parity with Hugging Face BERT
 #
 # Geneformer's checkpoints are `transformers.BertForMaskedLM` models. If `tflib` computes the
@@ -500,27 +656,43 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.set_verbosity_error()
 torch.manual_seed(SEED)
-bert_config = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                         intermediate_size=128, hidden_act="relu", max_position_embeddings=128,
-                         pad_token_id=0)
+bert_config = BertConfig(
+    vocab_size=300,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=128,
+    hidden_act="relu",
+    max_position_embeddings=128,
+    pad_token_id=0,
+)
 hf_model = BertForMaskedLM(bert_config).eval()
 ours = Transcriptformer.from_hf_bert(hf_model).eval()
 print(ours.config)
 
 ids = torch.randint(4, 300, (4, 40), generator=g)
 ids[1, 30:] = 0
-ids[2, 12:] = 0                                          # right padding, as the tokenizer makes it
+ids[2, 12:] = 0  # right padding, as the tokenizer makes it
 mask = (ids != 0).long()
 with torch.no_grad():
     ref = hf_model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     mine = ours(ids, mask, output_hidden_states=True, logits="all")
-hidden_gap = max((a - b).abs().max().item() for a, b in zip(ref.hidden_states, mine.hidden_states))
+hidden_gap = max(
+    (a - b).abs().max().item() for a, b in zip(ref.hidden_states, mine.hidden_states)
+)
 logit_gap = (ref.logits - mine.logits).abs().max().item()
 glue("c05_hidden_gap", hidden_gap, display=False)
 glue("c05_logit_gap", logit_gap, display=False)
-print(f"{len(mine.hidden_states)} hidden states, max |diff| = {hidden_gap:.1e}; logits {tuple(mine.logits.shape)}, "
-      f"max |diff| = {logit_gap:.1e}")
-assert len(ref.hidden_states) == len(mine.hidden_states) == bert_config.num_hidden_layers + 1
+print(
+    f"{len(mine.hidden_states)} hidden states, max |diff| = {hidden_gap:.1e}; "
+    f"logits {tuple(mine.logits.shape)}, "
+    f"max |diff| = {logit_gap:.1e}"
+)
+assert (
+    len(ref.hidden_states)
+    == len(mine.hidden_states)
+    == bert_config.num_hidden_layers + 1
+)
 assert hidden_gap < 1e-5 and logit_gap < 1e-5
 
 # %% [markdown]
@@ -530,20 +702,36 @@ assert hidden_gap < 1e-5 and logit_gap < 1e-5
 
 # %%
 torch.manual_seed(SEED + 1)
-fresh = Transcriptformer(TranscriptformerConfig(vocab_size=300, max_len=128, n_layer=3, n_head=4, n_embd=64,
-                                                n_inner=128, activation="gelu")).eval()
+fresh = Transcriptformer(
+    TranscriptformerConfig(
+        vocab_size=300,
+        max_len=128,
+        n_layer=3,
+        n_head=4,
+        n_embd=64,
+        n_inner=128,
+        activation="gelu",
+    )
+).eval()
 with torch.no_grad():
     ours_logits = fresh(ids, mask, logits="all").logits
     back_gaps = {}
     for impl in (None, "eager"):
         hf_back = fresh.to_hf_bert(attn_implementation=impl).eval()
         back_gaps[impl or hf_back.config._attn_implementation] = (
-            hf_back(input_ids=ids, attention_mask=mask).logits - ours_logits).abs().max().item()
+            (hf_back(input_ids=ids, attention_mask=mask).logits - ours_logits)
+            .abs()
+            .max()
+            .item()
+        )
 print({k: f"{v:.1e}" for k, v in back_gaps.items()})
 assert max(back_gaps.values()) < 1e-5
 n_tensors = len(hf_back.state_dict())
-print(f"{type(hf_back).__name__} with {n_tensors} tensors; "
-      f"{fresh.num_parameters():,} parameters in tflib, {hf_back.num_parameters():,} in HF")
+print(
+    f"{type(hf_back).__name__} with {n_tensors} tensors; "
+    f"{fresh.num_parameters():,} parameters in tflib, "
+    f"{hf_back.num_parameters():,} in HF"
+)
 assert fresh.num_parameters() == hf_back.num_parameters()
 
 # %% [markdown]
@@ -556,6 +744,9 @@ assert fresh.num_parameters() == hf_back.num_parameters()
 #
 # ## Exercises
 #
+# Each solution below is also run when the book is built: the hidden cell after it computes
+# the answer and checks it with `assert`, and the numbers quoted come from that run.
+#
 # ```{exercise}
 # :label: ex-05-scale
 # Why divide by $\sqrt{d}$? Draw random queries and keys with standard-normal entries for
@@ -564,22 +755,32 @@ assert fresh.num_parameters() == hf_back.num_parameters()
 # saturated?
 # ```
 #
-# ````{solution} ex-05-scale
+# ```{solution} ex-05-scale
 # :class: dropdown
-# ```python
-# gen = torch.Generator().manual_seed(0)
-# for d in (4, 64, 1024):
-#     q, k = torch.randn(16, d, generator=gen), torch.randn(16, d, generator=gen)
-#     raw = torch.softmax(q @ k.T, -1).amax(-1).mean().item()
-#     scaled = torch.softmax(q @ k.T / math.sqrt(d), -1).amax(-1).mean().item()
-#     print(f"d={d:5d}: largest weight {raw:.2f} unscaled, {scaled:.2f} scaled")
+# The hidden cell below draws the queries and keys. At $d = 1024$ the largest weight per row
+# averages {glue:text}`c05_ex_raw_1024:.2f` without the division and
+# {glue:text}`c05_ex_scaled_1024:.2f` with it (at $d = 4$: {glue:text}`c05_ex_raw_4:.2f` and
+# {glue:text}`c05_ex_scaled_4:.2f`). Unscaled dot products have standard deviation
+# $\sqrt{d}$, so with growing $d$ each row puts almost all its weight on one key. A saturated
+# softmax has gradients near zero for every score, so the queries and keys stop learning.
+# Dividing by $\sqrt{d}$ keeps the scores at unit scale whatever the head size.
 # ```
-# Unscaled dot products have standard deviation $\sqrt{d}$, so with growing $d$ each row puts
-# almost all its weight on one key (largest weight near 1). A saturated softmax has gradients
-# near zero for every score, so the queries and keys stop learning. Dividing by $\sqrt{d}$ keeps
-# the scores at unit scale whatever the head size.
-# ````
-#
+
+# %% tags=["hide-input"]
+gen = torch.Generator().manual_seed(0)
+largest = {}
+for d in (4, 64, 1024):
+    q, k = torch.randn(16, d, generator=gen), torch.randn(16, d, generator=gen)
+    raw = torch.softmax(q @ k.T, -1).amax(-1).mean().item()
+    scaled = torch.softmax(q @ k.T / math.sqrt(d), -1).amax(-1).mean().item()
+    largest[d] = (raw, scaled)
+assert largest[4][0] < largest[64][0] < largest[1024][0] and largest[1024][0] > 0.9
+assert max(v[1] for v in largest.values()) < 1.5 * min(v[1] for v in largest.values())
+for d in (4, 1024):
+    glue(f"c05_ex_raw_{d}", largest[d][0], display=False)
+    glue(f"c05_ex_scaled_{d}", largest[d][1], display=False)
+
+# %% [markdown]
 # ```{exercise}
 # :label: ex-05-order
 # Self-attention by itself does not know the order of the tokens. Show it: permute the five
@@ -588,28 +789,34 @@ assert fresh.num_parameters() == hf_back.num_parameters()
 # Which part of it is responsible, and why does rank-value encoding need it?
 # ```
 #
-# ````{solution} ex-05-order
+# ```{solution} ex-05-order
 # :class: dropdown
-# ```python
-# perm = torch.tensor([3, 0, 4, 1, 2])
-# xp = x[perm]
-# out_p = torch.softmax((xp @ W_q) @ (xp @ W_k).T / math.sqrt(D), -1) @ (xp @ W_v)
-# assert torch.allclose(out_p, out[perm], atol=1e-6)       # permutation-equivariant
-#
-# seq = input_ids[:1, :20]
-# shuffled = torch.cat([seq[:, :1], seq[:, 1:][:, torch.randperm(19)]], dim=1)  # keep <cls> first
-# with torch.no_grad():
-#     a = model(seq, logits=None).last_hidden_state[0, 0]
-#     b = model(shuffled, logits=None).last_hidden_state[0, 0]
-# print((a - b).abs().max())                                # clearly non-zero
+# Permuting the toy genes permutes `out` in the same way (hidden cell below): attention only
+# compares contents. Shuffling the genes of the monocyte behind `<cls>` changes the model's
+# `<cls>` output by up to {glue:text}`c05_ex_order_gap:.2f`, because the embedding layer adds
+# a *position* vector to each gene vector. In rank-value encoding the position *is* the
+# information about expression (a gene at position 3 is far above its usual level, one at
+# position 900 barely): without position embeddings the model would see a set of expressed
+# genes and nothing about their levels.
 # ```
-# Attention only compares contents, so permuting the inputs permutes the outputs. The model's
-# `<cls>` output changes because the embedding layer adds a *position* vector to each gene
-# vector. In rank-value encoding the position *is* the information about expression (a gene at
-# position 3 is far above its usual level, one at position 900 barely): without position
-# embeddings the model would see a set of expressed genes and nothing about their levels.
-# ````
-#
+
+# %% tags=["hide-input"]
+perm = torch.tensor([3, 0, 4, 1, 2])
+xp = x[perm]
+out_p = torch.softmax((xp @ W_q) @ (xp @ W_k).T / math.sqrt(D), -1) @ (xp @ W_v)
+assert torch.allclose(out_p, out[perm], atol=1e-6)  # permutation-equivariant
+
+seq = input_ids[:1, :20]
+order = torch.randperm(19, generator=torch.Generator().manual_seed(SEED))
+shuffled = torch.cat([seq[:, :1], seq[:, 1:][:, order]], dim=1)  # keep <cls> first
+with torch.no_grad():
+    a = model(seq, logits=None).last_hidden_state[0, 0]
+    b = model(shuffled, logits=None).last_hidden_state[0, 0]
+order_gap = (a - b).abs().max().item()
+assert order_gap > 1e-2  # clearly non-zero: the full model reads the order
+glue("c05_ex_order_gap", order_gap, display=False)
+
+# %% [markdown]
 # ```{exercise}
 # :label: ex-05-padding
 # Batches are padded to the longest cell. Check that padding does not change a cell's result:
@@ -619,25 +826,82 @@ assert fresh.num_parameters() == hf_back.num_parameters()
 # you pass an `attention_mask` of all ones?
 # ```
 #
-# ````{solution} ex-05-padding
+# ```{solution} ex-05-padding
 # :class: dropdown
-# ```python
-# alone = input_ids[1:2, :32]                               # (1, 32): a short cell
-# padded = torch.cat([alone, torch.zeros(1, 30, dtype=torch.long)], dim=1)  # (1, 62)
-# with torch.no_grad():
-#     h1 = model(alone, logits=None).last_hidden_state
-#     h2 = model(padded, logits=None).last_hidden_state[:, :32]
-#     h3 = model(padded, torch.ones_like(padded), logits=None).last_hidden_state[:, :32]
-# print((h1 - h2).abs().max(), (h1 - h3).abs().max())
+# With the default mask (built from `<pad>`) the largest difference is
+# {glue:text}`c05_ex_pad_gap:.1e`, zero or rounding level (hidden cell below): padding keys get zero weight, and position vectors
+# depend only on the index, which is the same for real tokens. Setting
+# `model.config.fused_attention = False` is not enough to switch paths, because each attention
+# layer read the flag when it was built; set `blk.attn.fused = False` on every block instead,
+# and the gap stays at {glue:text}`c05_ex_pad_gap_steps:.1e`. With an all-ones mask the padding
+# tokens are treated as genes and the real tokens attend to them: the hidden states change by
+# up to {glue:text}`c05_ex_pad_gap_ones:.2f`. The mask is what makes padding harmless.
 # ```
-# With the default mask (built from `<pad>`) the gap is at rounding level: padding keys get zero
-# weight, and position vectors depend only on the index, which is the same for real tokens.
-# Setting `model.config.fused_attention = False` is not enough to switch paths, because each
-# attention layer read the flag when it was built; set `blk.attn.fused = False` on every block
-# instead, and the result is the same. With an all-ones mask the padding tokens are treated as
-# genes and the real tokens attend to them, so the hidden states change: the mask is what makes
-# padding harmless.
-# ````
+
+# %% tags=["hide-input"]
+alone = input_ids[1:2, :32]  # (1, 32): a short cell
+padded = torch.cat([alone, torch.zeros(1, 30, dtype=torch.long)], dim=1)  # (1, 62)
+
+
+def padding_gaps():
+    with torch.no_grad():
+        h1 = model(alone, logits=None).last_hidden_state
+        h2 = model(padded, logits=None).last_hidden_state[:, :32]
+        h3 = model(padded, torch.ones_like(padded), logits=None).last_hidden_state[
+            :, :32
+        ]
+    return (h1 - h2).abs().max().item(), (h1 - h3).abs().max().item()
+
+
+pad_gap, ones_gap = padding_gaps()
+blocks = model.encoder.blocks
+fused_before = [blk.attn.fused for blk in blocks]
+for blk in blocks:
+    blk.attn.fused = False
+try:
+    pad_gap_steps, _ = padding_gaps()
+finally:
+    for blk, f in zip(blocks, fused_before):
+        blk.attn.fused = f
+assert pad_gap < 1e-4 and pad_gap_steps < 1e-4 and ones_gap > 1e-2
+glue("c05_ex_pad_gap", pad_gap, display=False)
+glue("c05_ex_pad_gap_steps", pad_gap_steps, display=False)
+glue("c05_ex_pad_gap_ones", ones_gap, display=False)
+
+# %% [markdown]
+# ## Quiz
+#
+# ```{admonition} 1. A query of dimension 64 attends over 10 keys. What shape has the weight matrix for a sequence of 10 tokens, and what does each row sum to?
+# :class: dropdown
+# $10 \times 10$, one row per query, and each row sums to 1: it is a softmax over the keys
+# (section 1).
+# ```
+#
+# ```{admonition} 2. In the toy cell, what share of their attention did the three myeloid genes keep inside their program, and why?
+# :class: dropdown
+# {glue:text}`c05_within:.0f` %: with $W_Q = W_K$ close to a multiple of the identity, genes
+# with similar embeddings have matching queries and keys (section 1).
+# ```
+#
+# ```{admonition} 3. What share of the Geneformer-V1-like model's parameters sits in its embedding tables, and what would shrink a small model most?
+# :class: dropdown
+# {glue:text}`c05_gf_emb:.0f` %; restricting the vocabulary to the genes the corpus expresses,
+# since the gene table grows with the vocabulary, not with the depth (section 2).
+# ```
+#
+# ```{admonition} 4. The untrained model's attention rows have nearly maximal entropy. What does that mean, and does a bright attention weight in a trained model explain a prediction?
+# :class: dropdown
+# Near-uniform attention: every gene receives the average of the cell (here
+# {glue:text}`c05_ent_random:.4f`). No: an attention weight says where one head read from in
+# one layer, not why the model decided (the caveat of section 3).
+# ```
+#
+# ```{admonition} 5. Why must padded positions get zero attention weight, and what makes them do so?
+# :class: dropdown
+# Otherwise real tokens would read the padding and a cell's result would depend on the
+# length of its batch; the key mask sets padding scores to the most negative float before the
+# softmax ({ref}`ex-05-padding`).
+# ```
 #
 # ## Key takeaways
 #
