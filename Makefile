@@ -66,12 +66,13 @@ book: setup
 # Re-lock after changing pyproject.toml's dependencies: `make lock && make test`. The lock pins
 # what .venv holds (pip freeze as constraints), adds packages that are new in pyproject.toml,
 # lifts pygpcca's jinja2 pin (.ci/overrides.txt) and leaves torch out (see TORCH_VERSION).
+# --universal: one lock for Linux and macOS (platform-only packages carry markers).
 # To upgrade a package: `.venv/bin/uv pip install -U NAME`, then `make lock && make test`.
 lock:
 	test -x $(VENV)/bin/uv || { echo "make lock pins what $(VENV) holds: run make setup first"; exit 1; }
 	$(PY) -m pip freeze --exclude-editable | grep -v '^#' > $(VENV)/lock-constraints.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra book --extra test --override .ci/overrides.txt \
-	  -c $(VENV)/lock-constraints.txt --python $(PY) $(LOCK_TORCH_ARGS) --no-emit-package torch \
+	  -c $(VENV)/lock-constraints.txt --universal --python-version 3.11.5 $(LOCK_TORCH_ARGS) --no-emit-package torch \
 	  --generate-hashes --no-annotate --custom-compile-command "make lock" -q -o $(LOCK)
 
 # Headless Chromium for tests/test_browser.py: Debian's package, installed when missing

@@ -29,12 +29,15 @@ CONDA_TO_PYPI = {"pytorch": "torch", "python-igraph": "igraph"}
 EXTRAS = ("book", "test")
 
 
-def read_lock(text: str) -> dict[str, str]:
-    """``{canonical name: version}`` of a pip/uv requirements lock."""
+def read_lock(text: str, env: dict | None = None) -> dict[str, str]:
+    """``{canonical name: version}`` of a pip/uv requirements lock, for the packages whose
+    environment marker (``pkg==1.0 ; sys_platform == 'darwin'``) holds on this machine (or ``env``)."""
+    from packaging.markers import Marker
+
     pins = {}
     for line in text.splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
-        if m:
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$", line)
+        if m and (m.group(3) is None or Marker(m.group(3)).evaluate(env)):
             pins[canonicalize_name(m.group(1))] = m.group(2)
     return pins
 
@@ -188,7 +191,10 @@ def test_environment_yml_names_the_lock_pins(pins, pyproject):
 
 
 def test_the_checks_can_fail():
-    pins = read_lock("numpy==2.2.6 \\\n    --hash=sha256:00\nscipy==1.16.3\n")
+    lock = ("numpy==2.2.6 \\\n    --hash=sha256:00\nscipy==1.16.3\n"
+            "appnope==1.0.0 ; sys_platform == 'darwin' \\\n    --hash=sha256:00\n")
+    assert read_lock(lock, {**default_environment(), "sys_platform": "darwin"})["appnope"] == "1.0.0"
+    pins = read_lock(lock, {**default_environment(), "sys_platform": "linux"})
     assert pins == {"numpy": "2.2.6", "scipy": "1.16.3"}
     assert unsatisfied([Requirement("numpy<2.2"), Requirement("pandas")], pins) == [
         "numpy<2.2: the lock has 2.2.6", "pandas: not in the lock"]
