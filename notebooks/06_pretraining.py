@@ -68,6 +68,17 @@ from tflib.train.evaluation import evaluate_mlm, evaluate_unseen
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 torch.set_num_threads(2)
+
+
+def sig3(table):
+    """Display copy of a table with every float rounded to 3 significant digits."""
+    return table.apply(
+        lambda col: (
+            col.map(lambda x: float(f"{x:.3g}")) if col.dtype.kind == "f" else col
+        )
+    )
+
+
 DEVICE = tflib.utils.get_device()
 print("device:", DEVICE)
 
@@ -103,20 +114,43 @@ print(f"{model.num_parameters():,} parameters; loaded from {model.course_dir.nam
 
 # %%
 kang = tds.load("kang_pbmc")
-cell_idx = int(np.flatnonzero(kang.obs["cell_type"].astype(str).str.contains("Mono"))[0])
-# The course vocabulary holds the ~12,000 genes detected in at least 10 cells of some corpus source;
-# Kang's other genes are rare and carry few counts (the coverage check of chapter 04 measures this).
-cell = tokenizer.encode(kang[cell_idx:cell_idx + 1])[0]
-collator = MaskingCollator(len(vocab), 0.15, mask_token_id=vocab.mask_id, pad_token_id=vocab.pad_id,
-                           special_ids=[vocab.token_to_id(t) for t in vocab.special_tokens])
+cell_idx = int(
+    np.flatnonzero(kang.obs["cell_type"].astype(str).str.contains("Mono"))[0]
+)
+# The course vocabulary holds the ~12,000 genes detected in at least 10 cells of some
+# corpus source; Kang's other genes are rare and carry few counts (the coverage check of
+# chapter 04 measures this).
+cell = tokenizer.encode(kang[cell_idx : cell_idx + 1])[0]
+collator = MaskingCollator(
+    len(vocab),
+    0.15,
+    mask_token_id=vocab.mask_id,
+    pad_token_id=vocab.pad_id,
+    special_ids=[vocab.token_to_id(t) for t in vocab.special_tokens],
+)
 batch = collator([cell], generator=torch.Generator().manual_seed(SEED))
 inputs, labels = batch["input_ids"][0].numpy(), batch["labels"][0].numpy()
-role = np.where(labels == -100, "seen", np.where(inputs == vocab.mask_id, "<mask>",
-                np.where(inputs == labels, "kept (predict)", "random gene")))
-table = pd.DataFrame({"position": np.arange(len(cell)), "original": vocab.decode(cell),
-                      "model input": vocab.decode(inputs), "role": role})
-print(f"cell {cell_idx} ({kang.obs['cell_type'].iloc[cell_idx]}): {len(cell)} tokens, "
-      f"{(labels != -100).sum()} chosen for prediction")
+role = np.where(
+    labels == -100,
+    "seen",
+    np.where(
+        inputs == vocab.mask_id,
+        "<mask>",
+        np.where(inputs == labels, "kept (predict)", "random gene"),
+    ),
+)
+table = pd.DataFrame(
+    {
+        "position": np.arange(len(cell)),
+        "original": vocab.decode(cell),
+        "model input": vocab.decode(inputs),
+        "role": role,
+    }
+)
+print(
+    f"cell {cell_idx} ({kang.obs['cell_type'].iloc[cell_idx]}): {len(cell)} tokens, "
+    f"{(labels != -100).sum()} chosen for prediction"
+)
 table[table["role"] != "seen"].head(12)
 
 # %% [markdown]
@@ -127,16 +161,26 @@ table[table["role"] != "seen"].head(12)
 # %%
 draws = collator([cell] * 2000, generator=torch.Generator().manual_seed(SEED + 1))
 chosen = draws["labels"] != -100
-special = torch.isin(draws["labels"].new_tensor(np.tile(cell, (2000, 1))),
-                     torch.tensor([vocab.token_to_id(t) for t in vocab.special_tokens]))
+special = torch.isin(
+    draws["labels"].new_tensor(np.tile(cell, (2000, 1))),
+    torch.tensor([vocab.token_to_id(t) for t in vocab.special_tokens]),
+)
 share_chosen = float(chosen[~special].float().mean())
 share_mask = float((draws["input_ids"][chosen] == vocab.mask_id).float().mean())
-share_kept = float((draws["input_ids"][chosen] == draws["labels"][chosen]).float().mean())
+share_kept = float(
+    (draws["input_ids"][chosen] == draws["labels"][chosen]).float().mean()
+)
 share_random = 1 - share_mask - share_kept
-print(f"chosen {share_chosen:.3f} of gene tokens; of those <mask> {share_mask:.3f}, "
-      f"random {share_random:.3f}, kept {share_kept:.3f}")
+print(
+    f"chosen {share_chosen:.3f} of gene tokens; of those <mask> {share_mask:.3f}, "
+    f"random {share_random:.3f}, kept {share_kept:.3f}"
+)
 assert not chosen[special].any(), "special tokens must never be masked"
-assert abs(share_chosen - 0.15) < 0.01 and abs(share_mask - 0.8) < 0.02 and abs(share_kept - 0.1) < 0.02
+assert (
+    abs(share_chosen - 0.15) < 0.01
+    and abs(share_mask - 0.8) < 0.02
+    and abs(share_kept - 0.1) < 0.02
+)
 glue("c06_share_chosen", 100 * share_chosen, display=False)
 
 # %% [markdown]
@@ -156,24 +200,51 @@ glue("c06_share_chosen", 100 * share_chosen, display=False)
 # %%
 kang_cells = tokenizer.encode(kang)
 toy = {
-    "model": {"max_len": 64, "n_layer": 1, "n_head": 2, "n_embd": 64, "n_inner": 128,
-              "activation": "gelu", "dropout": 0.0, "attn_dropout": 0.0},
-    "max_len": 64, "seed": SEED, "batch_size": 32, "max_steps": 120, "warmup_steps": 10,
-    "lr": 3e-3, "min_lr": 1e-4, "num_threads": 2, "out_dir": "_artifacts/06_toy_run",
-    "checkpoint_every": 1000, "resume": False, "overwrite": True, "progress": False,
+    "model": {
+        "max_len": 64,
+        "n_layer": 1,
+        "n_head": 2,
+        "n_embd": 64,
+        "n_inner": 128,
+        "activation": "gelu",
+        "dropout": 0.0,
+        "attn_dropout": 0.0,
+    },
+    "max_len": 64,
+    "seed": SEED,
+    "batch_size": 32,
+    "max_steps": 120,
+    "warmup_steps": 10,
+    "lr": 3e-3,
+    "min_lr": 1e-4,
+    "num_threads": 2,
+    "out_dir": "_artifacts/06_toy_run",
+    "checkpoint_every": 1000,
+    "resume": False,
+    "overwrite": True,
+    "progress": False,
 }
 toy_run = run_pretraining(toy, dataset=kang_cells, tokenizer=tokenizer)
 toy_losses = np.array(toy_run.losses)
-print(f"{toy_run.model.num_parameters():,} parameters, {toy_run.tokens_per_second:,.0f} tokens/s; "
-      f"loss {toy_losses[:10].mean():.2f} -> {toy_losses[-10:].mean():.2f} (chance: ln V = {np.log(len(vocab)):.2f})")
+print(
+    f"{toy_run.model.num_parameters():,} parameters, "
+    f"{toy_run.tokens_per_second:,.0f} tokens/s; "
+    f"loss {toy_losses[:10].mean():.2f} -> {toy_losses[-10:].mean():.2f} "
+    f"(chance: ln V = {np.log(len(vocab)):.2f})"
+)
 assert toy_losses[-10:].mean() < toy_losses[:10].mean() - 0.5
 glue("c06_toy_first", float(toy_losses[:10].mean()), display=False)
 glue("c06_toy_last", float(toy_losses[-10:].mean()), display=False)
 glue("c06_chance", float(np.log(len(vocab))), display=False)
 
-# %%
-tflib.pl.loss_curve(toy_losses, window=10, color=OKABE_ITO["blue"], chance=np.log(len(vocab)),
-                    title="A one-layer model learning on Kang PBMCs")
+# %% mystnb={"image": {"alt": "Line plot of the live run's training loss over 120 steps: it falls steeply in the first steps and then more slowly, staying well below the dashed chance level."}}
+tflib.pl.loss_curve(
+    toy_losses,
+    window=10,
+    color=OKABE_ITO["blue"],
+    chance=np.log(len(vocab)),
+    title="A one-layer model learning on Kang PBMCs",
+)
 plt.show()
 
 # %% [markdown]
@@ -210,18 +281,31 @@ plt.show()
 recipe = load_recipe()
 corpus = corpus_from_recipe(recipe)
 metrics = model.course_metrics
-assert corpus.tokenizer.vocab == vocab and corpus.tokenizer.config() == tokenizer.config()
+assert (
+    corpus.tokenizer.vocab == vocab and corpus.tokenizer.config() == tokenizer.config()
+)
 pd.Series({k: v for k, v in corpus.report.items() if k != "seconds"})
 
 # %% [markdown]
 # The loss log of the recipe ships with the checkpoint:
 
-# %%
+# %% mystnb={"image": {"alt": "Line plot of the course recipe's training loss per step: a steep early drop, then a long slow decline that levels off, ending close to the dotted held-out loss and far below the dashed chance level."}}
 log = pd.read_csv(model.course_dir / "loss_log.csv")
-ax = tflib.pl.loss_curve(log["loss"], steps=log["step"], window=20, color=OKABE_ITO["orange"],
-                         chance=np.log(len(vocab)), title="The course recipe")
-ax.axhline(metrics["heldout"]["all_chosen"]["loss"], color=OKABE_ITO["vermillion"], ls=":", lw=1.5,
-           label="held-out loss")  # over all chosen positions, like the training loss
+ax = tflib.pl.loss_curve(
+    log["loss"],
+    steps=log["step"],
+    window=20,
+    color=OKABE_ITO["orange"],
+    chance=np.log(len(vocab)),
+    title="The course recipe",
+)
+ax.axhline(
+    metrics["heldout"]["all_chosen"]["loss"],
+    color=OKABE_ITO["vermillion"],
+    ls=":",
+    lw=1.5,
+    label="held-out loss",
+)  # over all chosen positions, like the training loss
 ax.legend(frameon=False)
 plt.show()
 glue("c06_train_min", metrics["train_seconds"] / 60, display=False)
@@ -271,30 +355,50 @@ glue("c06_n_genes", len(vocab) - 4, display=False)
 # numbers recorded in the checkpoint's `metrics.json`.
 
 # %%
-ev = evaluate_mlm(model, tokenizer, corpus.heldout_cells, corpus.train_cells, **recipe["eval"])
+ev = evaluate_mlm(
+    model, tokenizer, corpus.heldout_cells, corpus.train_cells, **recipe["eval"]
+)
 for part in ("mask_token", "all_chosen"):  # recomputed here == recorded in metrics.json
     recorded = metrics["heldout"][part]
     assert ev[part]["n"] == recorded["n"], part
     for who, value in ev[part]["accuracy"].items():
         assert abs(value - recorded["accuracy"][who]) < 1.5 / ev[part]["n"], (part, who)
-names = {"model": "Transcriptformer (course checkpoint)", "position": "rank-position baseline",
-         "unigram": "unigram baseline"}
+names = {
+    "model": "Transcriptformer (course checkpoint)",
+    "position": "rank-position baseline",
+    "unigram": "unigram baseline",
+}
 mask_acc, all_acc = ev["mask_token"]["accuracy"], ev["all_chosen"]["accuracy"]
-acc = pd.DataFrame({names[k]: {"<mask> positions (headline)": mask_acc[k],
-                               "all chosen positions (flatters the model)": all_acc[k]} for k in names}).T
+acc = pd.DataFrame(
+    {
+        names[k]: {
+            "<mask> positions (headline)": mask_acc[k],
+            "all chosen positions (flatters the model)": all_acc[k],
+        }
+        for k in names
+    }
+).T
 for k in names:
     glue(f"c06_accm_{k}", 100 * mask_acc[k], display=False)
     glue(f"c06_acc_{k}", 100 * all_acc[k], display=False)
 head = ev["headline"]
-assert head["model"] == mask_acc["model"] and head["position_baseline"] == mask_acc["position"]
-assert mask_acc["position"] > mask_acc["unigram"]  # the position-aware baseline is the one to beat
+assert (
+    head["model"] == mask_acc["model"]
+    and head["position_baseline"] == mask_acc["position"]
+)
+assert (
+    mask_acc["position"] > mask_acc["unigram"]
+)  # the position-aware baseline is the one to beat
 winner = names[max(names, key=lambda k: mask_acc[k])]
 glue("c06_n_mask", ev["mask_token"]["n"], display=False)
 glue("c06_n_masked", ev["all_chosen"]["n"], display=False)
 glue("c06_acc_ratio", head["model"] / head["position_baseline"], display=False)
-print(f"{ev['mask_token']['n']:,} <mask> positions (of {ev['all_chosen']['n']:,} chosen positions) "
-      f"in {len(corpus.heldout):,} held-out cells")
-(100 * acc).round(1)
+print(
+    f"{ev['mask_token']['n']:,} <mask> positions "
+    f"(of {ev['all_chosen']['n']:,} chosen positions) "
+    f"in {len(corpus.heldout):,} held-out cells"
+)
+sig3(100 * acc)
 
 # %% [markdown]
 # At the {glue:text}`c06_n_mask` held-out positions whose input was `<mask>`, the course
@@ -320,11 +424,16 @@ print(f"{ev['mask_token']['n']:,} <mask> positions (of {ev['all_chosen']['n']:,}
 #   from the other genes of the cell.
 
 # %%
-loss_model, loss_position = ev["mask_token"]["loss"], ev["mask_token"]["position_baseline_loss"]
+loss_model, loss_position = (
+    ev["mask_token"]["loss"],
+    ev["mask_token"]["position_baseline_loss"],
+)
 glue("c06_loss_model", loss_model, display=False)
 glue("c06_loss_position", loss_position, display=False)
 print("winner at <mask> positions:", winner)
-assert winner == "Transcriptformer (course checkpoint)", "the baseline wins: say so in the text above"
+assert winner == "Transcriptformer (course checkpoint)", (
+    "the baseline wins: say so in the text above"
+)
 assert loss_model < loss_position < np.log(len(vocab))
 
 # %% [markdown]
@@ -340,21 +449,35 @@ assert loss_model < loss_position < np.log(len(vocab))
 # %%
 unseen = evaluate_unseen(model, tokenizer, **recipe["eval"])
 assert unseen["mask_token"]["n"] == metrics["unseen"]["mask_token"]["n"]
-assert abs(unseen["mask_token"]["accuracy"]["model"] - metrics["unseen"]["mask_token"]["accuracy"]["model"]) \
+assert (
+    abs(
+        unseen["mask_token"]["accuracy"]["model"]
+        - metrics["unseen"]["mask_token"]["accuracy"]["model"]
+    )
     < 1.5 / unseen["mask_token"]["n"]
+)
 u = unseen["mask_token"]
 glue("c06_unseen_cells", unseen["data"]["n_cells"], display=False)
 glue("c06_unseen_dropped", unseen["data"]["n_dropped_shared_barcode"], display=False)
 glue("c06_unseen_cover", 100 * unseen["data"]["count_fraction_covered"], display=False)
 glue("c06_unseen_model", 100 * u["accuracy"]["model"], display=False)
 glue("c06_unseen_position", 100 * u["accuracy"]["position"], display=False)
-glue("c06_unseen_ratio", u["accuracy"]["model"] / u["accuracy"]["position"], display=False)
+glue(
+    "c06_unseen_ratio",
+    u["accuracy"]["model"] / u["accuracy"]["position"],
+    display=False,
+)
 cover = pd.Series(metrics["coverage_outside_corpus"]).mul(100)
 glue("c06_cover_glioma_min", float(cover.drop("k562").min()), display=False)
 glue("c06_cover_glioma_max", float(cover.drop("k562").max()), display=False)
 glue("c06_cover_k562", float(cover["k562"]), display=False)
-pd.DataFrame({"Transcriptformer": u["accuracy"]["model"], "rank-position baseline (fitted on these cells)":
-              u["accuracy"]["position"]}, index=["accuracy at <mask> (%)"]).T.mul(100).round(2)
+pd.DataFrame(
+    {
+        "Transcriptformer": u["accuracy"]["model"],
+        "rank-position baseline (fitted on these cells)": u["accuracy"]["position"],
+    },
+    index=["accuracy at <mask> (%)"],
+).T.mul(100).pipe(sig3)
 
 # %% [markdown]
 # Of the {glue:text}`c06_unseen_cells` cells left (after dropping
@@ -380,10 +503,12 @@ pd.DataFrame({"Transcriptformer": u["accuracy"]["model"], "rank-position baselin
 # recipe's sweep file. Grey dotted lines mark the scale of two published models. They are *not
 # measured here*: they show how far this course model is from a real foundation model.
 
-# %%
+# %% mystnb={"image": {"alt": "Two panels. Left: held-out accuracy at mask positions of the recipe's intermediate checkpoints rising with training tokens and flattening towards the end, above the dashed rank-position baseline, with published models marked far to the right. Right: accuracy rising with model size across three short runs."}}
 import importlib.resources
 
-sweep = pd.read_csv(importlib.resources.files("tflib") / "resources" / "recipes" / "course_sweep.csv")
+sweep = pd.read_csv(
+    importlib.resources.files("tflib") / "resources" / "recipes" / "course_sweep.csv"
+)
 sizes = sweep[sweep["group"] == "size"].sort_values("n_parameters")
 curve = pd.DataFrame(metrics["curve"])
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -396,19 +521,47 @@ gain_tokens = curve["accuracy"].iloc[-1] / curve["accuracy"].iloc[0]
 glue("c06_curve_first", float(100 * curve["accuracy"].iloc[0]), display=False)
 glue("c06_curve_last", float(100 * curve["accuracy"].iloc[-1]), display=False)
 glue("c06_curve_first_mtok", float(curve["tokens"].iloc[0] / 1e6), display=False)
-glue("c06_size_small", float(100 * sizes["heldout_mask_accuracy"].iloc[0]), display=False)
+glue(
+    "c06_size_small", float(100 * sizes["heldout_mask_accuracy"].iloc[0]), display=False
+)
 glue("c06_size_mid", float(100 * sizes["heldout_mask_accuracy"].iloc[1]), display=False)
-glue("c06_size_large", float(100 * sizes["heldout_mask_accuracy"].iloc[-1]), display=False)
-assert sizes["heldout_mask_accuracy"].is_monotonic_increasing  # the prose reads the sizes in order
-glue("c06_size_slower", float(sizes["tokens_per_second"].iloc[1] / sizes["tokens_per_second"].iloc[-1]), display=False)
+glue(
+    "c06_size_large",
+    float(100 * sizes["heldout_mask_accuracy"].iloc[-1]),
+    display=False,
+)
+assert sizes[
+    "heldout_mask_accuracy"
+].is_monotonic_increasing  # the prose reads the sizes in order
+glue(
+    "c06_size_slower",
+    float(sizes["tokens_per_second"].iloc[1] / sizes["tokens_per_second"].iloc[-1]),
+    display=False,
+)
 pub = tflib.pl.training.PUBLISHED_SCALES
-glue("c06_pub_tokens_x", min(s["tokens"] for s in pub.values()) / metrics["train_tokens"], display=False)
-glue("c06_pub_params_lo", min(s["parameters"] for s in pub.values()) / metrics["n_parameters"], display=False)
-glue("c06_pub_params_hi", max(s["parameters"] for s in pub.values()) / metrics["n_parameters"], display=False)
+glue(
+    "c06_pub_tokens_x",
+    min(s["tokens"] for s in pub.values()) / metrics["train_tokens"],
+    display=False,
+)
+glue(
+    "c06_pub_params_lo",
+    min(s["parameters"] for s in pub.values()) / metrics["n_parameters"],
+    display=False,
+)
+glue(
+    "c06_pub_params_hi",
+    max(s["parameters"] for s in pub.values()) / metrics["n_parameters"],
+    display=False,
+)
 glue("c06_final_train_loss", metrics["final_train_loss"], display=False)
 glue("c06_heldout_loss", float(curve["loss"].iloc[-1]), display=False)
 assert curve["accuracy"].is_monotonic_increasing or gain_tokens > 1.5
-curve.assign(tokens_M=curve["tokens"] / 1e6)[["step", "tokens_M", "loss", "accuracy"]].round(3)
+sig3(
+    curve.assign(tokens_M=curve["tokens"] / 1e6)[
+        ["step", "tokens_M", "loss", "accuracy"]
+    ]
+)
 
 # %% [markdown]
 # *Figure: left, held-out accuracy at `<mask>` positions of the course recipe's intermediate
@@ -496,11 +649,34 @@ curve.assign(tokens_M=curve["tokens"] / 1e6)[["step", "tokens_M", "loss", "accur
 #                         dataset=kang_cells, tokenizer=tokenizer)
 # print(np.mean(run30.losses[-10:]), toy_losses[-10:].mean())
 # ```
-# The loss is usually a little higher: each hidden gene has fewer visible neighbours to be
-# inferred from. But the two losses measure different tasks (different numbers of hidden genes
-# per cell), so they cannot be compared directly. Compare both models on the *same* held-out
-# mask instead, e.g. with `evaluate_mlm(run30.model, tokenizer, ...)`.
+# In our run the last-10-step training loss was {glue:text}`c06_ex_loss30:.2f` nats with 30 %
+# masking against {glue:text}`c06_toy_last:.2f` with 15 % ({glue:text}`c06_ex_loss30_word`
+# with 30 %). Two effects pull in opposite directions: with more genes hidden, each hidden
+# gene has fewer visible neighbours to be inferred from, which makes the task harder; but
+# every step scores twice as many positions, so a short run learns the gene frequencies
+# faster. Either way the two losses measure different tasks (different numbers of hidden
+# genes per cell), so they cannot be compared directly. Compare both models on the
+# *same* held-out mask instead, e.g. with `evaluate_mlm(run30.model, tokenizer, ...)`.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: the build fails if the 30 % run stops learning.
+run30 = run_pretraining(
+    {**toy, "mask_prob": 0.30, "out_dir": "_artifacts/06_toy_run30"},
+    dataset=kang_cells,
+    tokenizer=tokenizer,
+)
+loss30 = float(np.mean(run30.losses[-10:]))
+glue("c06_ex_loss30", loss30, display=False)
+glue(
+    "c06_ex_loss30_word",
+    "higher" if loss30 > toy_losses[-10:].mean() else "lower",
+    display=False,
+)
+assert np.mean(run30.losses[:10]) - loss30 > 0.5  # it learned, as the 15 % run did
+assert loss30 < np.log(len(vocab))
+
+# %% [markdown]
 #
 # ```{exercise}
 # :label: ex06-per-source
@@ -512,9 +688,12 @@ curve.assign(tokens_M=curve["tokens"] / 1e6)[["step", "tokens_M", "loss", "accur
 # ````{solution} ex06-per-source
 # :class: dropdown
 # Score each source's held-out cells with the baselines fitted on all training cells (the
-# executed solution below). Compare the sources on both columns: where the baseline is already
-# high, the ranks are predictable from frequency alone, and the model's gain is the gap, not
-# its accuracy. A low loss and a high accuracy are not the same thing either: a source with few
+# executed solution below). In our run the model was most accurate on
+# {glue:text}`c06_ex_best_source` ({glue:text}`c06_ex_best_acc:.1f` %) and lost to the
+# rank-position baseline on {glue:text}`c06_ex_n_lost` of {glue:text}`c06_ex_n_sources`
+# sources ({glue:text}`c06_ex_lost_sources`). Compare the sources on both columns: where the
+# baseline is already high, the ranks are predictable from frequency alone, and the model's
+# gain is the gap, not its accuracy. A low loss and a high accuracy are not the same thing either: a source with few
 # distinct genes (the simulator's worlds) lets the model keep its guesses inside a small set.
 # ````
 
@@ -526,11 +705,30 @@ base = frequency_baselines(corpus.train_cells, len(vocab), model.config.max_len)
 src = corpus.cells.obs["source"].to_numpy()
 per_source = {}
 for name in sorted(set(src)):
-    r = evaluate_mlm(model, tokenizer, Subset(corpus.cells, corpus.heldout[src[corpus.heldout] == name]),
-                     baselines=base, **recipe["eval"])["mask_token"]
-    per_source[name] = {"model (%)": 100 * r["accuracy"]["model"], "rank position (%)": 100 * r["accuracy"]["position"],
-                        "loss": r["loss"], "baseline loss": r["position_baseline_loss"], "n": r["n"]}
-pd.DataFrame(per_source).T.round(2)
+    r = evaluate_mlm(
+        model,
+        tokenizer,
+        Subset(corpus.cells, corpus.heldout[src[corpus.heldout] == name]),
+        baselines=base,
+        **recipe["eval"],
+    )["mask_token"]
+    per_source[name] = {
+        "model (%)": 100 * r["accuracy"]["model"],
+        "rank position (%)": 100 * r["accuracy"]["position"],
+        "loss": r["loss"],
+        "baseline loss": r["position_baseline_loss"],
+        "n": r["n"],
+    }
+per_source = pd.DataFrame(per_source).T
+lost = per_source.index[per_source["model (%)"] < per_source["rank position (%)"]]
+glue("c06_ex_best_source", str(per_source["model (%)"].idxmax()), display=False)
+glue("c06_ex_best_acc", float(per_source["model (%)"].max()), display=False)
+glue("c06_ex_n_lost", len(lost), display=False)
+glue("c06_ex_n_sources", len(per_source), display=False)
+glue("c06_ex_lost_sources", ", ".join(lost) if len(lost) else "none", display=False)
+assert len(per_source) >= 4 and per_source["n"].sum() > 0
+assert len(lost) < len(per_source)  # the model beats the baseline somewhere
+sig3(per_source.astype({"n": int}))
 
 # %% [markdown]
 #
@@ -545,8 +743,53 @@ pd.DataFrame(per_source).T.round(2)
 # At the 10 % of predicted positions that keep their original gene, the answer is in the
 # input, and a model can learn to copy it; this inflates its accuracy over all positions.
 # At `<mask>` positions nothing gives the answer away. The frequency baselines never look at
-# the input token, so both their columns differ only by sampling noise.
+# the input token, so both their columns differ only by sampling noise: in section 5 the
+# rank-position baseline scored {glue:text}`c06_accm_position:.1f` % and
+# {glue:text}`c06_acc_position:.1f` %, the model {glue:text}`c06_accm_model:.1f` % and
+# {glue:text}`c06_acc_model:.1f` %.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: copying inflates only the model's score over all chosen positions.
+assert all_acc["model"] > mask_acc["model"]
+for who in ("position", "unigram"):
+    assert abs(all_acc[who] - mask_acc[who]) < 0.2 * (
+        all_acc["model"] - mask_acc["model"]
+    )
+
+# %% [markdown]
+# ## Quiz
+#
+# ```{admonition} 1. The checkpoint names the hidden gene at {glue:text}`c06_accm_model:.1f` % of `<mask>` positions. Is that good?
+# :class: dropdown
+# Only against a baseline: the rank-position baseline reaches
+# {glue:text}`c06_accm_position:.1f` % on the same positions, so the model is right
+# {glue:text}`c06_acc_ratio:.1f` times as often. An accuracy alone says little.
+# ```
+#
+# ```{admonition} 2. Why are 10 % of the chosen positions replaced by a random gene and 10 % left unchanged?
+# :class: dropdown
+# `<mask>` never appears when the model is used, so the model must learn to check every
+# visible gene, not only the masked slots.
+# ```
+#
+# ```{admonition} 3. The live run's loss fell from {glue:text}`c06_toy_first:.2f` to {glue:text}`c06_toy_last:.2f` nats. Has it learned biology?
+# :class: dropdown
+# Not necessarily: most of an early gain is gene frequency and rank position. Only a
+# comparison with frequency baselines at `<mask>` positions (section 5) can show more.
+# ```
+#
+# ```{admonition} 4. The held-out loss of the course recipe has almost stopped falling. What limits the model now?
+# :class: dropdown
+# The corpus: the model has read each training cell about a hundred times, so more steps
+# would mostly memorise it. More (and more varied) cells would help more than more steps.
+# ```
+#
+# ```{admonition} 5. A recipe with `batch_size = 256` runs on one GPU, then under `torchrun` on eight. Does each GPU now see 256 cells per step?
+# :class: dropdown
+# No. `batch_size` is the global batch: each of the eight processes keeps its share (32
+# cells), so both runs take the same steps up to float rounding.
+# ```
 #
 # ## Key takeaways
 #
