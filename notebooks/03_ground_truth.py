@@ -21,7 +21,8 @@
 # switched off. A method that draws convincing arrows on a UMAP can still be wrong, and with
 # real data alone we cannot find out. This chapter builds a small simulated world in which
 # every one of these answers is known. Chapters 08 to 13 then score velocity, fate mapping,
-# in-silico perturbation, hypothesis tests and regulator inference against it.
+# in-silico perturbation, hypothesis tests and regulator inference against worlds built by
+# the same simulator (section 6 lists which world each chapter uses).
 #
 # ```{admonition} Learning objectives
 # :class: tip
@@ -147,15 +148,19 @@ grn.head()
 #   by another fate's master. **Decoy factors** are targets that carry transcription-factor
 #   names but regulate nothing. **Housekeeping genes** are transcribed at a constant rate.
 
-# %%
+
+# %% mystnb={"image": {"alt": "Network diagram of the simulated regulators: a grey progenitor factor in the centre repressing three large master regulators, one per fate colour; each master activates itself and its two outer secondary factors and represses the other masters."}}
 def draw_regulators(sim, ax):
-    """Draw the regulator circuit: activation solid blue, repression dashed vermillion."""
+    """Draw the regulators: activation solid blue, repression dashed vermillion."""
     v, e = sim.var, pd.DataFrame(sim.uns["grn"])
     fates = list(sim.uns["fate_names"])
     pos = {v.index[v["role"] == "progenitor_tf"][0]: (0.0, 0.0)}
     for i, fate in enumerate(fates):
         ang = np.pi / 2 + 2 * np.pi * i / len(fates)
-        pos[v.index[(v["role"] == "master_tf") & (v["module"] == fate)][0]] = (np.cos(ang), np.sin(ang))
+        pos[v.index[(v["role"] == "master_tf") & (v["module"] == fate)][0]] = (
+            np.cos(ang),
+            np.sin(ang),
+        )
         secs = v.index[(v["role"] == "secondary_tf") & (v["module"] == fate)]
         for k, g in enumerate(secs):
             a2 = ang + 0.35 * (k - (len(secs) - 1) / 2)
@@ -164,18 +169,44 @@ def draw_regulators(sim, ax):
         if row["regulator"] == row["target"]:
             continue
         act = row["sign"] > 0
-        ax.annotate("", xy=pos[row["target"]], xytext=pos[row["regulator"]],
-                    arrowprops=dict(arrowstyle="-|>" if act else "-[", lw=1.2 if act else 0.8,
-                                    color=ACTIVATE if act else REPRESS, ls="-" if act else "--",
-                                    shrinkA=14, shrinkB=14, alpha=0.8))
+        ax.annotate(
+            "",
+            xy=pos[row["target"]],
+            xytext=pos[row["regulator"]],
+            arrowprops=dict(
+                arrowstyle="-|>" if act else "-[",
+                lw=1.2 if act else 0.8,
+                color=ACTIVATE if act else REPRESS,
+                ls="-" if act else "--",
+                shrinkA=14,
+                shrinkB=14,
+                alpha=0.8,
+            ),
+        )
     self_loops = set(e.loc[e["regulator"] == e["target"], "regulator"])
     for g, (x, y) in pos.items():
         role, mod = v.loc[g, "role"], v.loc[g, "module"]
-        colour = FATE_COLOURS[0] if mod == "progenitor" else FATE_COLOURS[1 + fates.index(mod)]
-        ax.scatter(x, y, s=900 if role == "master_tf" else 500, color=colour, zorder=3,
-                   edgecolor="black", linewidth=2.5 if g in self_loops else 0.5)
+        colour = (
+            FATE_COLOURS[0]
+            if mod == "progenitor"
+            else FATE_COLOURS[1 + fates.index(mod)]
+        )
+        ax.scatter(
+            x,
+            y,
+            s=900 if role == "master_tf" else 500,
+            color=colour,
+            zorder=3,
+            edgecolor="black",
+            linewidth=2.5 if g in self_loops else 0.5,
+        )
         ax.text(x, y - 0.3, g, ha="center", va="top", fontsize=8)
-    ax.set_xlim(-2.5, 2.5), ax.set_ylim(-2.5, 2.5), ax.set_aspect("equal"), ax.axis("off")
+    (
+        ax.set_xlim(-2.5, 2.5),
+        ax.set_ylim(-2.5, 2.5),
+        ax.set_aspect("equal"),
+        ax.axis("off"),
+    )
 
 
 fig, ax = plt.subplots(figsize=(6.5, 6.5))
@@ -215,25 +246,59 @@ plt.show()
 # toggle switch. Finally, counts are drawn from a negative binomial distribution whose mean
 # is the expected abundance × the cell's library size × a per-gene batch factor.
 #
+# `````{admonition} Library code: one step of the splicing kinetics
+# :class: dropdown
+# The simulator integrates the two equations above exactly over each step, holding the
+# transcription rate fixed during the step (the comments give the closed form):
+# ````{literalinclude} ../tflib/datasets/_kinetics.py
+# :language: python
+# :pyobject: Stepper
+# ````
+# `````
+#
 # The phase portrait of a target gene shows the kinetics at work.
 
-# %%
+# %% mystnb={"image": {"alt": "Two phase portraits of one fate-A target gene. Left, expected abundances: fate-A cells rise above the dotted steady-state line and bend back towards it, while other cells stay near zero. Right, the observed counts of the same cells: a noisy, jittered cloud with the same trend."}}
 fates = list(sim.uns["fate_names"])
 targets_A = sim.var[(sim.var["role"] == "target") & (sim.var["module"] == "fate_A")]
-gene = (targets_A["alpha_max"] / targets_A["gamma"]).idxmax()   # the most highly expressed one
+gene = (
+    targets_A["alpha_max"] / targets_A["gamma"]
+).idxmax()  # the most highly expressed one
 g = sim[:, gene]
 colours = np.array(FATE_COLOURS)[sim.obs["fate"].cat.codes]
 ratio = float(sim.var.loc[gene, "gamma"] / sim.var.loc[gene, "beta"])
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-axes[0].scatter(g.layers["spliced_true"].ravel(), g.layers["unspliced_true"].ravel(), s=4, c=colours)
+axes[0].scatter(
+    g.layers["spliced_true"].ravel(), g.layers["unspliced_true"].ravel(), s=4, c=colours
+)
 smax = float(g.layers["spliced_true"].max())
-axes[0].plot([0, smax], [0, ratio * smax], color="black", lw=1, ls=":", label=r"steady state $u = \gamma s/\beta$")
-axes[0].set(xlabel="spliced (expected)", ylabel="unspliced (expected)", title=f"{gene}: the truth")
+axes[0].plot(
+    [0, smax],
+    [0, ratio * smax],
+    color="black",
+    lw=1,
+    ls=":",
+    label=r"steady state $u = \gamma s/\beta$",
+)
+axes[0].set(
+    xlabel="spliced (expected)",
+    ylabel="unspliced (expected)",
+    title=f"{gene}: the truth",
+)
 axes[0].legend(frameon=False, loc="upper left")
 jitter = rng.uniform(-0.3, 0.3, size=(2, sim.n_obs))
-axes[1].scatter(g.layers["spliced"].toarray().ravel() + jitter[0],
-                g.layers["unspliced"].toarray().ravel() + jitter[1], s=3, c=colours, alpha=0.5)
-axes[1].set(xlabel="spliced counts (jittered)", ylabel="unspliced counts (jittered)", title=f"{gene}: what we measure")
+axes[1].scatter(
+    g.layers["spliced"].toarray().ravel() + jitter[0],
+    g.layers["unspliced"].toarray().ravel() + jitter[1],
+    s=3,
+    c=colours,
+    alpha=0.5,
+)
+axes[1].set(
+    xlabel="spliced counts (jittered)",
+    ylabel="unspliced counts (jittered)",
+    title=f"{gene}: what we measure",
+)
 for name, col in zip(["progenitor"] + fates, FATE_COLOURS):
     axes[1].scatter([], [], color=col, label=name)
 axes[1].legend(frameon=False, markerscale=2, loc="upper left")
@@ -260,25 +325,45 @@ plt.show()
 # cell's future 30 times from its current state (a progenitor first waits for a fresh
 # exponential time) and counting which fate each future reaches.
 
-# %%
+# %% mystnb={"image": {"alt": "Left: line plot of the mean largest true fate probability against pseudotime, rising from about 0.6 to 1 by pseudotime 0.2, above a dashed progenitor level. Right: histograms of the three true fate probabilities of progenitor cells, with fate A centred slightly higher than B and C."}}
 fp = sim.obsm["fate_probs_true"]
 obs = sim.obs
 bins = pd.cut(obs["pseudotime"], np.linspace(0, 1, 11), include_lowest=True)
 certainty = fp.max(axis=1).groupby([obs["differentiating"], bins], observed=True).mean()
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 centres = np.linspace(0.05, 0.95, 10)
-axes[0].plot(centres, certainty.loc[True].to_numpy(), marker="o", color="black", label="differentiating cells")
-axes[0].axhline(fp[~obs["differentiating"]].max(axis=1).mean(), color=FATE_COLOURS[0], ls="--", label="progenitor pool")
-axes[0].set(xlabel="pseudotime", ylabel="mean of largest true fate probability", ylim=(0.3, 1.02))
+axes[0].plot(
+    centres,
+    certainty.loc[True].to_numpy(),
+    marker="o",
+    color="black",
+    label="differentiating cells",
+)
+axes[0].axhline(
+    fp[~obs["differentiating"]].max(axis=1).mean(),
+    color=FATE_COLOURS[0],
+    ls="--",
+    label="progenitor pool",
+)
+axes[0].set(
+    xlabel="pseudotime",
+    ylabel="mean of largest true fate probability",
+    ylim=(0.3, 1.02),
+)
 axes[0].legend(frameon=False)
-fp[~obs["differentiating"]].plot.hist(ax=axes[1], bins=np.linspace(0, 1, 21), alpha=0.6, color=FATE_COLOURS[1:])
+fp[~obs["differentiating"]].plot.hist(
+    ax=axes[1], bins=np.linspace(0, 1, 21), alpha=0.6, color=FATE_COLOURS[1:]
+)
 axes[1].set(xlabel="true fate probability", title="progenitor pool")
 plt.tight_layout()
 plt.show()
 prog_mean = fp[~obs["differentiating"]].mean()
 glue("c03_prog_fate_A", float(prog_mean["fate_A"]), display=False)
 assert np.allclose(fp.sum(axis=1), 1.0)
-assert certainty.loc[True].iloc[-1] > 0.95 and fp[~obs["differentiating"]].max(axis=1).mean() < 0.8
+assert (
+    certainty.loc[True].iloc[-1] > 0.95
+    and fp[~obs["differentiating"]].max(axis=1).mean() < 0.8
+)
 
 # %% [markdown]
 # *Figure: left, how certain the true fate is along pseudotime. Progenitors (dashed) are
@@ -309,7 +394,7 @@ assert certainty.loc[True].iloc[-1] > 0.95 and fp[~obs["differentiating"]].max(a
 #
 # A standard scanpy analysis of the counts, without any truth, gives the familiar picture.
 
-# %%
+# %% mystnb={"image": {"alt": "Three UMAP panels of the simulated cells: coloured by true fate, three branches grow out of a grey progenitor pool; coloured by pseudotime, it increases along each branch; coloured by batch, the two batches are mixed evenly."}}
 view = sim.copy()
 sc.pp.normalize_total(view, target_sum=1e4)
 sc.pp.log1p(view)
@@ -321,7 +406,9 @@ view.uns["fate_colors"] = FATE_COLOURS
 view.uns["batch_colors"] = [OKABE_ITO["purple"], OKABE_ITO["sky_blue"]]
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
 sc.pl.umap(view, color="fate", ax=axes[0], show=False, frameon=False)
-sc.pl.umap(view, color="pseudotime", ax=axes[1], show=False, frameon=False, color_map="viridis")
+sc.pl.umap(
+    view, color="pseudotime", ax=axes[1], show=False, frameon=False, color_map="viridis"
+)
 sc.pl.umap(view, color="batch", ax=axes[2], show=False, frameon=False)
 plt.tight_layout()
 plt.show()
@@ -332,8 +419,28 @@ plt.show()
 # pseudotime increases along each. The two batches mix, as they should when batch effects are
 # small and independent of biology.*
 #
-# The world is saved for later chapters. The knockouts below run on the copy read back from
-# disk, which shows that they need nothing from this Python session.
+# ### Which world each later chapter uses
+#
+# The world is saved to `_artifacts/03_world.h5ad`, for the exercises below and for your own
+# experiments; the knockouts of section 7 run on the copy read back from disk, which shows that
+# they need nothing from this Python session. **No later chapter reads this file.** Each one
+# rebuilds a smaller world with the same function, because the course size would not fit the
+# chapters' three-minute budget once velocity, fate mapping or a transformer runs on top of it.
+# The same call always gives the same world, so each chapter states its call:
+#
+# | chapters | world | call |
+# |---|---|---|
+# | 06 (pretraining corpus) | 1,000 cells per seed, seeds 0, 101, 102 | `simulate(n_cells=1000, seed=s)`, in `tflib.train.corpus` |
+# | 08, 09 | 600 cells × 300 genes, 1 batch | `tds.simulate(n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=0, library_size=3.0)` |
+# | 10 | 500 cells × 300 genes, 1 batch | the same with `n_cells=500, seed=1` |
+# | 11, 12, 13 | 600 cells × 300 genes, 1 batch | the same with `seed=11` |
+# | 12 (pseudobulk) | a null world, 800 × 250, 8 batches | `tds.simulate(n_cells=800, n_genes=250, n_fates=3, n_batches=8, seed=5, batch_log_sd=0.3)` |
+#
+# Chapters 10 to 13 use seeds that the course checkpoint never saw in pretraining (chapter
+# 06's corpus holds seeds 0, 101 and 102), so the model is validated on a world it has not
+# read. Chapters 08 and 09 use seed 0 at the smaller size: the size changes the network and
+# the gene names, so it is a different world from this chapter's, built by the same
+# mechanism.
 
 # %%
 artifacts = Path("_artifacts")
@@ -351,6 +458,22 @@ assert world.obsm["fate_probs_true"].equals(sim.obsm["fate_probs_true"])
 # numbers), so the difference is the effect of the knockout and not Monte-Carlo noise.
 # `tds.overexpress` works in the same way with constitutive transcription.
 #
+# `````{admonition} Library code: a true knockout
+# :class: dropdown
+# Both the knockout and the overexpression call one helper, which re-simulates every cell's
+# future twice from the same seed:
+# ````{literalinclude} ../tflib/datasets/_perturb.py
+# :language: python
+# :pyobject: _shift
+# ````
+# The perturbation itself is applied inside the transcription rates: a perturbed gene's
+# rate is fixed, whatever its regulators say.
+# ````{literalinclude} ../tflib/datasets/_kinetics.py
+# :language: python
+# :pyobject: rates
+# ````
+# `````
+#
 # We compare fate A's master regulator with a decoy: a gene whose name is on the
 # transcription-factor list but which regulates nothing in this world.
 
@@ -360,23 +483,48 @@ master_A = v.index[(v["role"] == "master_tf") & (v["module"] == "fate_A")][0]
 decoy = v.index[v["role"] == "decoy_tf"][0]
 ko_master = tds.knockout(world, master_A, n_futures=20, seed=SEED)
 ko_decoy = tds.knockout(world, decoy, n_futures=20, seed=SEED)
-stage = np.select([~world.obs["differentiating"], world.obs["committed"]],
-                  ["progenitor", "committed"], "deciding")
-shift_table = pd.DataFrame({f"knockout {master_A} (master A)": ko_master["fate_A"],
-                            f"knockout {decoy} (decoy TF)": ko_decoy["fate_A"], "stage": stage})
+stage = np.select(
+    [~world.obs["differentiating"], world.obs["committed"]],
+    ["progenitor", "committed"],
+    "deciding",
+)
+shift_table = pd.DataFrame(
+    {
+        f"knockout {master_A} (master A)": ko_master["fate_A"],
+        f"knockout {decoy} (decoy TF)": ko_decoy["fate_A"],
+        "stage": stage,
+    }
+)
 display(shift_table.groupby("stage").mean().round(3))
 glue("c03_ko_mean", float(ko_master["fate_A"].mean()), display=False)
-glue("c03_ko_prog", float(ko_master.loc[stage == "progenitor", "fate_A"].mean()), display=False)
-assert ko_master["fate_A"].mean() < -0.1          # measured about -0.2 on seed 0
-assert (ko_decoy.to_numpy() == 0).all()          # exactly zero: it regulates nothing
+glue(
+    "c03_ko_prog",
+    float(ko_master.loc[stage == "progenitor", "fate_A"].mean()),
+    display=False,
+)
+assert ko_master["fate_A"].mean() < -0.1  # measured about -0.2 on seed 0
+assert (ko_decoy.to_numpy() == 0).all()  # exactly zero: it regulates nothing
 
-# %%
+# %% mystnb={"image": {"alt": "Three histograms of the per-cell shift in true P(fate A) for progenitor, deciding and committed cells. The master knockout shifts progenitors and deciding cells far below zero, committed cells mostly not, with a small group at minus one; the decoy knockout is a single bar at exactly zero."}}
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), sharey=True)
 edges = np.linspace(-1, 0.2, 25)
 for ax, st in zip(axes, ["progenitor", "deciding", "committed"]):
     m = stage == st
-    ax.hist(ko_master.loc[m, "fate_A"], bins=edges, color=FATE_COLOURS[1], alpha=0.8, label=f"{master_A} (master A)")
-    ax.hist(ko_decoy.loc[m, "fate_A"], bins=edges, color="black", histtype="step", lw=2, label=f"{decoy} (decoy)")
+    ax.hist(
+        ko_master.loc[m, "fate_A"],
+        bins=edges,
+        color=FATE_COLOURS[1],
+        alpha=0.8,
+        label=f"{master_A} (master A)",
+    )
+    ax.hist(
+        ko_decoy.loc[m, "fate_A"],
+        bins=edges,
+        color="black",
+        histtype="step",
+        lw=2,
+        label=f"{decoy} (decoy)",
+    )
     ax.set(title=f"{st} cells (n = {m.sum()})", xlabel="shift in true P(fate A)")
 axes[0].set_ylabel("cells")
 axes[0].legend(frameon=False, loc="upper left")
@@ -434,12 +582,33 @@ plt.show()
 #     nn = w.obsp["connectivities"].tocoo(); b = w.obs["batch"].cat.codes.to_numpy()
 #     print(sd, "neighbours from the same batch:", round((b[nn.row] == b[nn.col]).mean(), 2))
 # ```
-# At 0.25 the two batches drift apart. About 88 % of each cell's neighbours come from its own
-# batch, against 57 % at 0.1 (50 % would be perfect mixing of two equal batches; measured on
-# seed 0). scVelo smooths counts over these neighbours and CellRank's random walk moves along
+# At 0.25 the two batches drift apart. In our run {glue:text}`c03_ex_same_025:.0f` % of each
+# cell's neighbours come from its own batch, against {glue:text}`c03_ex_same_010:.0f` % at 0.1
+# (50 % would be perfect mixing of two equal batches). scVelo smooths counts over these neighbours and CellRank's random walk moves along
 # them, so the graph now follows technical rather than biological similarity. Cells of one
 # fate but different batches look less alike than they should.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution (without the plots): the build fails if the claim stops holding.
+# Two futures per cell instead of 30: the counts and batches come from their own random
+# stream, so the neighbour graph is the same as in the solution's code, only faster.
+same_batch = {}
+for sd in [0.1, 0.25]:
+    w = tds.simulate(n_cells=1500, n_genes=500, seed=SEED, batch_log_sd=sd, n_futures=2)
+    sc.pp.normalize_total(w, target_sum=1e4)
+    sc.pp.log1p(w)
+    sc.pp.highly_variable_genes(w, n_top_genes=300, subset=True)
+    sc.pp.pca(w, random_state=SEED)
+    sc.pp.neighbors(w, n_neighbors=30, random_state=SEED)
+    nn = w.obsp["connectivities"].tocoo()
+    b = w.obs["batch"].cat.codes.to_numpy()
+    same_batch[sd] = float(100 * (b[nn.row] == b[nn.col]).mean())
+glue("c03_ex_same_010", same_batch[0.1], display=False)
+glue("c03_ex_same_025", same_batch[0.25], display=False)
+assert same_batch[0.1] < 65 and same_batch[0.25] > same_batch[0.1] + 15
+
+# %% [markdown]
 #
 # ```{exercise}
 # :label: ex03-secondary
@@ -454,11 +623,31 @@ plt.show()
 # print(tds.knockout(world, sec, n_futures=20).mean())
 # grn = pd.DataFrame(world.uns["grn"]); print(grn[grn["regulator"] == sec])
 # ```
-# The effect is close to zero. Each fate has two secondary factors. Both are switched on by
-# the master and both repress the rival masters, so losing one leaves the other to lock the
-# decision in. This redundancy is one reason why single knockouts in real cells often show
+# The effect is much smaller than the master's. In our run, knocking out
+# {glue:text}`c03_ex_sec` shifted P(fate A) by {glue:text}`c03_ex_sec_mean:.3f` on average
+# (the master: {glue:text}`c03_ko_mean:.2f`), by {glue:text}`c03_ex_sec_prog:.2f` in the
+# pool and by {glue:text}`c03_ex_sec_committed:.3f` in committed cells. Each fate has
+# {glue:text}`c03_ex_n_sec` secondary factors. Both are switched on by the master and both
+# repress the rival masters, so losing one leaves the other to lock the decision in. This redundancy is one reason why single knockouts in real cells often show
 # little effect.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: the build fails if the secondary knockout stops being the weaker
+# one.
+secs = v.index[(v["role"] == "secondary_tf") & (v["module"] == "fate_A")]
+ko_sec = tds.knockout(world, secs[0], n_futures=20, seed=SEED)
+sec_by_stage = ko_sec["fate_A"].groupby(stage).mean()
+glue("c03_ex_sec", str(secs[0]), display=False)
+glue("c03_ex_n_sec", len(secs), display=False)
+glue("c03_ex_sec_mean", float(ko_sec["fate_A"].mean()), display=False)
+glue("c03_ex_sec_prog", float(sec_by_stage["progenitor"]), display=False)
+glue("c03_ex_sec_committed", float(sec_by_stage["committed"]), display=False)
+assert len(secs) == 2
+assert abs(ko_sec["fate_A"].mean()) < abs(ko_master["fate_A"].mean()) / 2
+assert abs(sec_by_stage["committed"]) < 0.01
+
+# %% [markdown]
 #
 # ```{exercise}
 # :label: ex03-overexpress
@@ -473,10 +662,58 @@ plt.show()
 # oe = tds.overexpress(world, master_C, factor=2.0, n_futures=20)
 # print(oe.groupby(stage).mean())
 # ```
-# Uncommitted cells move almost entirely to fate C. Forced expression at twice the natural
-# maximum also overrides the secondary factors of committed cells, which reprogramme:
+# Uncommitted cells move to fate C. Forced expression at twice the natural maximum also
+# overrides the secondary factors of committed cells, which reprogramme: in our run the mean
+# probability of fate C after overexpression was {glue:text}`c03_ex_oe_prog:.2f` in the pool,
+# {glue:text}`c03_ex_oe_deciding:.2f` in deciding and {glue:text}`c03_ex_oe_committed:.2f` in
+# committed cells. So, unlike the knockout, the effect hardly depends on the stage:
 # overexpression is a stronger intervention than a knockout in this network.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: the build fails if overexpression stops overriding committed cells.
+master_C = v.index[(v["role"] == "master_tf") & (v["module"] == "fate_C")][0]
+oe, _, oe_probs = tds.overexpress(
+    world, master_C, factor=2.0, n_futures=20, seed=SEED, return_probs=True
+)
+p_C = oe_probs["fate_C"].groupby(stage).mean()
+for st in ("progenitor", "deciding", "committed"):
+    glue(f"c03_ex_oe_{st}", float(p_C[st]), display=False)
+assert p_C["progenitor"] > 0.9 and p_C["deciding"] > 0.9 and p_C["committed"] > 0.8
+
+# %% [markdown]
+# ## Quiz
+#
+# ```{admonition} 1. Knocking out the decoy factor shifted every cell's fate probabilities by exactly 0, not by a small random amount. Why?
+# :class: dropdown
+# The perturbed and unperturbed futures use the same random numbers (common random numbers),
+# and the decoy regulates nothing, so every future is identical with and without it.
+# ```
+#
+# ```{admonition} 2. The master knockout shifted P(fate A) by {glue:text}`c03_ko_prog:.2f` in the pool but {glue:text}`c03_ko_mean:.2f` over all cells. Why is the average smaller?
+# :class: dropdown
+# Most committed cells do not react: their secondary factors hold the decision even without
+# the master. The average mixes them with the responsive progenitors and deciding cells.
+# ```
+#
+# ```{admonition} 3. In the pool the mean true probability of fate A is {glue:text}`c03_prog_fate_A:.2f`, not 1/3. Is that sampling noise?
+# :class: dropdown
+# No: fate A's master is slightly stronger, so the toggle switch tips to it more often. The
+# truth is computed from re-simulated futures, not estimated from the fate labels.
+# ```
+#
+# ```{admonition} 4. Why does this world use a batch log-effect of 0.1 and not 0.25?
+# :class: dropdown
+# At 0.25 the neighbour graph splits by batch ({ref}`the batch exercise <ex03-batch>`),
+# and velocity and fate mapping, which move along that graph, would follow technical rather
+# than biological similarity.
+# ```
+#
+# ```{admonition} 5. A method agrees perfectly with this world. Will it work on real data?
+# :class: dropdown
+# Not necessarily: the world's assumptions (constant kinetic rates, mRNA as protein activity,
+# a small modular network) hold exactly here. Agreement is necessary, not sufficient.
+# ```
 #
 # ## Key takeaways
 #
@@ -489,8 +726,9 @@ plt.show()
 # - A transcription-factor *name* is not a regulatory role: the decoy factor did nothing. In
 #   real data only experiments can make that distinction, and chapter 12 tests predictions
 #   against this world's knockouts.
-# - The world is saved to `_artifacts/03_world.h5ad`. Chapters 08 to 13 load or rebuild it
-#   with `tds.simulate(seed=0)`.
+# - The world is saved to `_artifacts/03_world.h5ad` for the exercises. Later chapters do not
+#   load it: each rebuilds a smaller world with the same function and its own stated call
+#   (section 6), seeds 0 (chapters 08–09), 1 (chapter 10) and 11 (chapters 11–13).
 
 # %%
 tflib.utils.footer(seed=SEED)
