@@ -531,6 +531,7 @@ plt.show()
 # ````
 
 # %% tags=["hide-input"]
+assert n_by <= n_bh  # BY's adjusted p-values are never below BH's, so it never calls more
 pd.crosstab(calls["role"], [calls["qvalue"] <= 0.1, calls["qvalue_by"] <= 0.1]).rename_axis(
     columns=["BH call", "BY call"])
 
@@ -555,18 +556,46 @@ pd.crosstab(calls["role"], [calls["qvalue"] <= 0.1, calls["qvalue_by"] <= 0.1]).
 alt = pd.concat([stats.test_hypotheses(table[table.gene.isin([g for g in candidates if fate_of[g] == f])], f,
                                        "decrease", alpha=0.1, n_boot=99, seed=SEED) for f in FATES])
 alt["role"] = v.loc[alt.index, "role"].to_numpy()
-pd.DataFrame({"vs random genes": calls[calls.qvalue <= 0.1].groupby("role").size(),
-              "vs all other genes": alt[alt.verdict == "supported"].groupby("role").size()}).fillna(0).astype(int)
+per_reference = pd.DataFrame({"vs random genes": calls[calls.qvalue <= 0.1].groupby("role").size(),
+                              "vs all other genes": alt[alt.verdict == "supported"].groupby("role").size()})
+per_reference = per_reference.fillna(0).astype(int)
+assert set(alt.index) == set(candidates)  # every candidate was tested against the other reference
+assert per_reference["vs all other genes"].sum() <= per_reference["vs random genes"].sum()  # the stricter reference
+per_reference
 
 # %% [markdown]
 # ## Quiz
 #
-# 1. A gene's predicted shift has p = 0.001 and mean −0.002. Is it a good hypothesis to test
-#    in the lab? *(Probably not: the effect is tiny; check its size and the power first.)*
-# 2. Ten mice, 5,000 cells each, two conditions. How many replicates per group?
-#    *(Five: the mice.)*
-# 3. What does a q-value of 0.08 promise? *(That calling every gene with q ≤ 0.08 is
-#    expected to make about 8 % false calls among them; nothing about this one gene alone.)*
+# ```{admonition} 1. A gene's predicted shift has p = 0.001 and mean −0.002. Is it a good hypothesis to test in the lab?
+# :class: dropdown
+# Probably not: the effect is tiny. A small p-value says the shift is unlikely to be zero, not
+# that it matters; check its size and the power of the experiment first.
+# ```
+#
+# ```{admonition} 2. Ten mice, 5,000 cells each, two conditions. How many replicates per group?
+# :class: dropdown
+# Five: the mice. The cells of one mouse share its offsets, so they are not independent
+# replicates of the condition (section 5).
+# ```
+#
+# ```{admonition} 3. What does a q-value of 0.08 promise?
+# :class: dropdown
+# That calling every gene with q ≤ 0.08 is expected to make about 8 % false calls among them;
+# it says nothing about this one gene alone.
+# ```
+#
+# ```{admonition} 4. In section 5, how many null genes did the per-cell test call at α = 0.05, and why is that a problem?
+# :class: dropdown
+# {glue:text}`c12_fpr_cell:.0f` %, against {glue:text}`c12_fpr_bulk:.0f` % for pseudobulk. The
+# treatment did nothing, so every call is false: the per-cell test detected the animals.
+# ```
+#
+# ```{admonition} 5. In section 7, why can the adaptive lab beat the fixed ranking with the same budget?
+# :class: dropdown
+# Its misses are information: genes that look like the misses drop in its ranking, genes that
+# look like the hits rise. Here it found {glue:text}`c12_lab_adaptive` true regulators against
+# {glue:text}`c12_lab_fixed` for the fixed ranking.
+# ```
 #
 # ## Key takeaways
 #
