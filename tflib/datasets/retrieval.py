@@ -187,6 +187,8 @@ def fetch(name: str, *, mirror: str | os.PathLike | None = None) -> Path:
     mirror
         A folder holding the mirror's files; tried before ``TFLIB_DATA_MIRROR`` and the cache.
 
+    Notes
+    -----
     Used directly for tables (gene-ID maps and TF lists in chapters 03, 04 and 13) and by
     :func:`tflib.datasets.load` for AnnData datasets.
 

@@ -18,6 +18,7 @@ Keys written by :func:`fates` (``key_added="fate_probs"`` by default):
 
 The input checks and the diagnostics live in :mod:`tflib.tl.fate_checks`. A failed call leaves
 ``adata`` as it was (CellRank's partial writes are rolled back).
+
 - CellRank's own keys, kept so that ``cellrank.estimators.GPCCA.from_adata(adata,
   obsp_key="T_fwd")`` rebuilds the estimator (and :func:`tflib.tl.fate_drivers` works after a
   reload): ``.obsp["T_fwd"]``, ``.obs["macrostates_fwd"|"term_states_fwd"|...]``,

@@ -224,6 +224,8 @@ def velocity(
     -------
     The processed AnnData if ``copy=True``, else ``None``.
 
+    Notes
+    -----
     Keys written (on ``adata``, or on the returned AnnData when ``copy=True``):
 
     - ``.X`` (log1p of the normalised counts) and ``.layers["spliced"]``/``.layers["unspliced"]``

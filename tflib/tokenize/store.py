@@ -1,18 +1,18 @@
 """The on-disk token store: ragged int32 token ids + offsets + lengths + obs metadata.
 
 Layout of a store folder (all little-endian; read with memory maps, so opening is instant and
-reading a cell touches only its bytes):
+reading a cell touches only its bytes)::
 
-``tokens.bin``     int32, all cells' token ids back to back
-``values.bin``     int16, the bin of every token (binning tokenizer only)
-``offsets.npy``    int64, ``n_cells + 1``: cell ``i`` is ``tokens[offsets[i]:offsets[i+1]]``
-``lengths.npy``    int32, ``n_cells``
-``obs_index.npy``  int64, each cell's row in the source (skipped empty cells leave gaps)
-``obs.h5``         the carried obs columns (an AnnData-encoded DataFrame): one row per stored cell, or,
-                   when ``store.json`` says ``"obs_rows": "source"``, the source file's whole ``obs``
-                   group copied as stored (``encode_to_store`` from a plain ``.h5ad``), of which
-                   :attr:`TokenStore.obs` returns the rows in ``obs_index``
-``store.json``     format, counts, the tokenizer's ``config()`` and the tokenizing report
+    tokens.bin     int32, all cells' token ids back to back
+    values.bin     int16, the bin of every token (binning tokenizer only)
+    offsets.npy    int64, n_cells + 1: cell i is tokens[offsets[i]:offsets[i+1]]
+    lengths.npy    int32, n_cells
+    obs_index.npy  int64, each cell's row in the source (skipped empty cells leave gaps)
+    obs.h5         the carried obs columns (an AnnData-encoded DataFrame): one row per
+                   stored cell, or, when store.json says "obs_rows": "source", the source
+                   file's whole obs group copied as stored (encode_to_store from a plain
+                   .h5ad), of which TokenStore.obs returns the rows in obs_index
+    store.json     format, counts, the tokenizer's config() and the tokenizing report
 
 Chapters 04 (writing) and 06 (training reads it through :class:`TokenStore`).
 """
