@@ -320,7 +320,7 @@ def predict_unseen(adata, *, perturbation_key: str = "perturbation", control: st
     -------
     pandas.DataFrame
         The table is the result, one row per held-out perturbation x predictor: ``perturbation``,
-        ``predictor``, ``n_cells``; ``fate_mae`` (mean over fates of |predicted - measured| shift)
+        ``predictor``, ``n_cells``; ``fate_mae`` (mean over fates of ``|predicted - measured|`` shift)
         and ``fate_sign`` (1.0 when the predicted shift of the most shifted fate has the measured
         sign, else 0.0; a zero prediction scores 0); ``r2_all``, ``r2_top_de`` (R² of mean
         expression), ``delta_r2_all``, ``delta_r2_top_de``, ``delta_pearson_all``,
