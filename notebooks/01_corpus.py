@@ -712,36 +712,36 @@ assert np.array_equal(rebuilt, adata.layers["counts"][i].toarray().ravel())
 # %% [markdown]
 # ## Quiz
 #
-# ```{admonition} 1. The MAD rule flagged {glue:text}`c01_n_outliers` cells. Why did we keep them instead of removing them?
+# :::{admonition} 1. The MAD rule flagged {glue:text}`c01_n_outliers` cells. Why did we keep them instead of removing them?
 # :class: dropdown
 # The packagers had already filtered the subset and the distributions have no low-quality
 # tail, so the flagged cells are the edges of healthy distributions; we mark them in
 # `obs["qc_outlier"]` and leave the decision to each analysis.
-# ```
+# :::
 #
-# ```{admonition} 2. Leiden matched the annotations with an adjusted Rand index of {glue:text}`c01_ari:.2f`. Does a value well below 1 mean the clustering failed?
+# :::{admonition} 2. Leiden matched the annotations with an adjusted Rand index of {glue:text}`c01_ari:.2f`. Does a value well below 1 mean the clustering failed?
 # :class: dropdown
 # No. The index also penalises splits that are biology: several clusters divide one cell type
 # into its control and stimulated halves, and naive and memory CD4 T cells are a continuum.
-# ```
+# :::
 #
-# ```{admonition} 3. Why keep raw counts in `layers["counts"]` after normalising?
+# :::{admonition} 3. Why keep raw counts in `layers["counts"]` after normalising?
 # :class: dropdown
 # Tokenizers (chapter 04) and count models such as scVI (chapter 02) need integer counts;
 # log-normalised values cannot always be turned back into them.
-# ```
+# :::
 #
-# ```{admonition} 4. Which two pieces of metadata does this Kang subset lack, and what does each prevent?
+# :::{admonition} 4. Which two pieces of metadata does this Kang subset lack, and what does each prevent?
 # :class: dropdown
 # Donor IDs (so no donor-level test of the stimulation, chapter 12) and mitochondrial genes
 # (so no mitochondrial QC signal).
-# ```
+# :::
 #
-# ```{admonition} 5. The median unspliced share of the pancreas cells is {glue:text}`c01_frac_unspliced:.2f`. What does a cell above the steady-state line of a phase portrait tell you?
+# :::{admonition} 5. The median unspliced share of the pancreas cells is {glue:text}`c01_frac_unspliced:.2f`. What does a cell above the steady-state line of a phase portrait tell you?
 # :class: dropdown
 # It has more unspliced RNA than its spliced level would sustain: the gene is being switched
 # on. This is the signal RNA velocity reads (chapter 08).
-# ```
+# :::
 #
 # ## Key takeaways
 #

@@ -325,7 +325,7 @@ plt.show()
 # cell's future 30 times from its current state (a progenitor first waits for a fresh
 # exponential time) and counting which fate each future reaches.
 
-# %% mystnb={"image": {"alt": "Left: line plot of the mean largest true fate probability against pseudotime, rising from about 0.6 to 1 by pseudotime 0.2, above a dashed progenitor level. Right: histograms of the three true fate probabilities of progenitor cells, with fate A centred slightly higher than B and C."}}
+# %% mystnb={"image": {"alt": "Left: line plot of the mean largest true fate probability against pseudotime, rising steeply to nearly 1 by pseudotime 0.2, above a dashed progenitor level. Right: histograms of the three true fate probabilities of progenitor cells, with fate A centred slightly higher than B and C."}}
 fp = sim.obsm["fate_probs_true"]
 obs = sim.obs
 bins = pd.cut(obs["pseudotime"], np.linspace(0, 1, 11), include_lowest=True)
@@ -664,7 +664,7 @@ assert abs(sec_by_stage["committed"]) < 0.01
 # ```
 # Uncommitted cells move to fate C. Forced expression at twice the natural maximum also
 # overrides the secondary factors of committed cells, which reprogramme: in our run the mean
-# probability of fate C after overexpression was {glue:text}`c03_ex_oe_prog:.2f` in the pool,
+# probability of fate C after overexpression was {glue:text}`c03_ex_oe_progenitor:.2f` in the pool,
 # {glue:text}`c03_ex_oe_deciding:.2f` in deciding and {glue:text}`c03_ex_oe_committed:.2f` in
 # committed cells. So, unlike the knockout, the effect hardly depends on the stage:
 # overexpression is a stronger intervention than a knockout in this network.
@@ -684,36 +684,36 @@ assert p_C["progenitor"] > 0.9 and p_C["deciding"] > 0.9 and p_C["committed"] > 
 # %% [markdown]
 # ## Quiz
 #
-# ```{admonition} 1. Knocking out the decoy factor shifted every cell's fate probabilities by exactly 0, not by a small random amount. Why?
+# :::{admonition} 1. Knocking out the decoy factor shifted every cell's fate probabilities by exactly 0, not by a small random amount. Why?
 # :class: dropdown
 # The perturbed and unperturbed futures use the same random numbers (common random numbers),
 # and the decoy regulates nothing, so every future is identical with and without it.
-# ```
+# :::
 #
-# ```{admonition} 2. The master knockout shifted P(fate A) by {glue:text}`c03_ko_prog:.2f` in the pool but {glue:text}`c03_ko_mean:.2f` over all cells. Why is the average smaller?
+# :::{admonition} 2. The master knockout shifted P(fate A) by {glue:text}`c03_ko_prog:.2f` in the pool but {glue:text}`c03_ko_mean:.2f` over all cells. Why is the average smaller?
 # :class: dropdown
 # Most committed cells do not react: their secondary factors hold the decision even without
 # the master. The average mixes them with the responsive progenitors and deciding cells.
-# ```
+# :::
 #
-# ```{admonition} 3. In the pool the mean true probability of fate A is {glue:text}`c03_prog_fate_A:.2f`, not 1/3. Is that sampling noise?
+# :::{admonition} 3. In the pool the mean true probability of fate A is {glue:text}`c03_prog_fate_A:.2f`, not 1/3. Is that sampling noise?
 # :class: dropdown
 # No: fate A's master is slightly stronger, so the toggle switch tips to it more often. The
 # truth is computed from re-simulated futures, not estimated from the fate labels.
-# ```
+# :::
 #
-# ```{admonition} 4. Why does this world use a batch log-effect of 0.1 and not 0.25?
+# :::{admonition} 4. Why does this world use a batch log-effect of 0.1 and not 0.25?
 # :class: dropdown
 # At 0.25 the neighbour graph splits by batch ({ref}`the batch exercise <ex03-batch>`),
 # and velocity and fate mapping, which move along that graph, would follow technical rather
 # than biological similarity.
-# ```
+# :::
 #
-# ```{admonition} 5. A method agrees perfectly with this world. Will it work on real data?
+# :::{admonition} 5. A method agrees perfectly with this world. Will it work on real data?
 # :class: dropdown
 # Not necessarily: the world's assumptions (constant kinetic rates, mRNA as protein activity,
 # a small modular network) hold exactly here. Agreement is necessary, not sufficient.
-# ```
+# :::
 #
 # ## Key takeaways
 #

@@ -760,36 +760,36 @@ for who in ("position", "unigram"):
 # %% [markdown]
 # ## Quiz
 #
-# ```{admonition} 1. The checkpoint names the hidden gene at {glue:text}`c06_accm_model:.1f` % of `<mask>` positions. Is that good?
+# :::{admonition} 1. The checkpoint names the hidden gene at {glue:text}`c06_accm_model:.1f` % of `<mask>` positions. Is that good?
 # :class: dropdown
 # Only against a baseline: the rank-position baseline reaches
 # {glue:text}`c06_accm_position:.1f` % on the same positions, so the model is right
 # {glue:text}`c06_acc_ratio:.1f` times as often. An accuracy alone says little.
-# ```
+# :::
 #
-# ```{admonition} 2. Why are 10 % of the chosen positions replaced by a random gene and 10 % left unchanged?
+# :::{admonition} 2. Why are 10 % of the chosen positions replaced by a random gene and 10 % left unchanged?
 # :class: dropdown
 # `<mask>` never appears when the model is used, so the model must learn to check every
 # visible gene, not only the masked slots.
-# ```
+# :::
 #
-# ```{admonition} 3. The live run's loss fell from {glue:text}`c06_toy_first:.2f` to {glue:text}`c06_toy_last:.2f` nats. Has it learned biology?
+# :::{admonition} 3. The live run's loss fell from {glue:text}`c06_toy_first:.2f` to {glue:text}`c06_toy_last:.2f` nats. Has it learned biology?
 # :class: dropdown
 # Not necessarily: most of an early gain is gene frequency and rank position. Only a
 # comparison with frequency baselines at `<mask>` positions (section 5) can show more.
-# ```
+# :::
 #
-# ```{admonition} 4. The held-out loss of the course recipe has almost stopped falling. What limits the model now?
+# :::{admonition} 4. The held-out loss of the course recipe has almost stopped falling. What limits the model now?
 # :class: dropdown
 # The corpus: the model has read each training cell about a hundred times, so more steps
 # would mostly memorise it. More (and more varied) cells would help more than more steps.
-# ```
+# :::
 #
-# ```{admonition} 5. A recipe with `batch_size = 256` runs on one GPU, then under `torchrun` on eight. Does each GPU now see 256 cells per step?
+# :::{admonition} 5. A recipe with `batch_size = 256` runs on one GPU, then under `torchrun` on eight. Does each GPU now see 256 cells per step?
 # :class: dropdown
 # No. `batch_size` is the global batch: each of the eight processes keeps its share (32
 # cells), so both runs take the same steps up to float rounding.
-# ```
+# :::
 #
 # ## Key takeaways
 #
