@@ -726,34 +726,34 @@ dec.round(4)
 # %% [markdown]
 # ## Quiz
 #
-# ```{admonition} 1. Why does deleting a master TF's token leave most cells' input unchanged?
+# :::{admonition} 1. Why does deleting a master TF's token leave most cells' input unchanged?
 # :class: dropdown
 # Because the master TFs are lowly expressed and ranked low: only about
 # {glue:text}`c11_master_visible:.0f` % of test cells carry one within the model's
 # {glue:text}`c11_ctx`-token context, and a gene outside the context cannot be deleted in any
 # way the model sees.
-# ```
+# :::
 #
-# ```{admonition} 2. Why must a screen be split by perturbation rather than by cell?
+# :::{admonition} 2. Why must a screen be split by perturbation rather than by cell?
 # :class: dropdown
 # Cells of the same knockout share its response; if some of them were in training, a model
 # could memorise that response and would look as if it predicted an unseen knockout.
-# ```
+# :::
 #
-# ```{admonition} 3. No change scores a high R² over all genes in section 7. Does it predict well?
+# :::{admonition} 3. No change scores an R² of {glue:text}`c11_unseen_no_change_r2_all:.2f` over all genes in section 7. Does it predict well?
 # :class: dropdown
 # No. It scored {glue:text}`c11_unseen_no_change_r2_all:.2f` because the genes' baseline levels
 # dominate the mean profile; it predicts no change at all, so its correlation with the real
 # change is undefined. Change-based scores are the stricter test.
-# ```
+# :::
 #
-# ```{admonition} 4. Which predictor of held-out fate shifts had the smallest error in section 7, and what does it know?
+# :::{admonition} 4. Which predictor of held-out fate shifts had the smallest error in section 7, and what does it know?
 # :class: dropdown
 # The additive baseline ({glue:text}`c11_unseen_additive_fate_mae:.3f`, against
 # {glue:text}`c11_unseen_no_change_fate_mae:.3f` for no change). For a held-out single it
 # knows only the average response of the training knockouts; for a double, the sum of its two
 # measured singles.
-# ```
+# :::
 #
 # ## Key takeaways
 #
