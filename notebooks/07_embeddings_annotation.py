@@ -759,9 +759,10 @@ glue("c07_rare_best", r.index[-1], display=False)
 # ````{solution} ex07-pooling
 # :class: dropdown
 # The executed solution below fine-tunes the `top` mode again with mean pooling. In our run
-# it reached {glue:text}`c07_ex_mean_acc:.1%` ({glue:text}`c07_ex_mean_low:.1%`–
-# {glue:text}`c07_ex_mean_high:.1%`) against {glue:text}`c07_ex_cls_acc:.1%` for `<cls>`
-# pooling; the two intervals {glue:md}`c07_ex_pool_overlap`. Masked-gene pretraining never
+# it reached {glue:text}`c07_ex_mean_acc:.1%` (95 % CI
+# {glue:text}`c07_ex_mean_low:.1%` to {glue:text}`c07_ex_mean_high:.1%`) against
+# {glue:text}`c07_ex_cls_acc:.1%` for `<cls>` pooling; the two intervals
+# {glue:md}`c07_ex_pool_overlap`. Masked-gene pretraining never
 # asks `<cls>` to summarise the cell, but the unfrozen top block can learn to route the
 # information there; the mean over 126 gene states can dilute the few genes that mark a type,
 # or average away noise. Which pooling wins is an empirical question for each model and
