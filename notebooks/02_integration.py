@@ -71,6 +71,7 @@ from myst_nb import glue
 
 import tflib
 import tflib.datasets as tds
+import tflib.stats as stats
 import tflib.tl as tl
 
 SEED = 0
@@ -79,21 +80,47 @@ sc.settings.n_jobs = 2
 
 # Training lengths, chosen for the ~3-minute budget (see the note above).
 # scvi-tools ramps the KL term up over 400 epochs by default; in a 30-epoch run it would
-# stay below 10 % of its weight, the latent space would barely be regularised and would keep
-# the batch. The warm-up is therefore shortened to 30 epochs.
+# stay below 10 % of its weight, the latent space would barely be regularised and would
+# keep the batch. The warm-up is therefore shortened to 30 epochs.
 EPOCHS_ALL = 30  # scVI on all 2,000 cells
 EPOCHS_REF = 30  # the reference (1,000 control cells)
 EPOCHS_QUERY = 20  # the query surgery (1,000 stimulated cells)
-TRAIN = dict(enable_progress_bar=False, plan_kwargs=dict(lr=3e-3, n_epochs_kl_warmup=30))
+TRAIN = dict(
+    enable_progress_bar=False, plan_kwargs=dict(lr=3e-3, n_epochs_kl_warmup=30)
+)
 FIT = dict(batch_size=128, train_kwargs=TRAIN)
 N_HVG = 1200  # genes kept for every model
 N_BOOT = 300  # bootstrap resamples per confidence interval
 print("device:", tflib.utils.get_device())
 
-# Colour-blind-safe palettes (Paul Tol's muted + light for 13 types, Okabe-Ito for the condition).
-TOL_13 = ["#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99",
-          "#999933", "#AA4499", "#EE8866", "#77AADD", "#BBCC33", "#000000"]
+# Colour-blind-safe palettes (Paul Tol's muted + light for 13 types, Okabe-Ito for the
+# condition).
+TOL_13 = [
+    "#CC6677",
+    "#332288",
+    "#DDCC77",
+    "#117733",
+    "#88CCEE",
+    "#882255",
+    "#44AA99",
+    "#999933",
+    "#AA4499",
+    "#EE8866",
+    "#77AADD",
+    "#BBCC33",
+    "#000000",
+]
 STIM_COLOURS = ["#0072B2", "#E69F00"]
+
+
+def sig3(table):
+    """Display copy of a table with every float rounded to 3 significant digits."""
+    return table.apply(
+        lambda col: (
+            col.map(lambda x: float(f"{x:.3g}")) if col.dtype.kind == "f" else col
+        )
+    )
+
 
 # %% [markdown]
 # ## 1 The data and its batch effect
@@ -107,7 +134,9 @@ STIM_COLOURS = ["#0072B2", "#E69F00"]
 # %%
 adata = tds.load("kang_pbmc")
 adata.obs = adata.obs[["cell_type", "stim"]].copy()
-sc.pp.highly_variable_genes(adata, n_top_genes=N_HVG, flavor="seurat_v3", batch_key="stim")
+sc.pp.highly_variable_genes(
+    adata, n_top_genes=N_HVG, flavor="seurat_v3", batch_key="stim"
+)
 adata = adata[:, adata.var["highly_variable"]].copy()
 adata.uns["cell_type_colors"] = TOL_13[: adata.obs["cell_type"].nunique()]
 adata.uns["stim_colors"] = STIM_COLOURS
@@ -150,21 +179,41 @@ adata.obsm["X_umap_pca"] = adata.obsm.pop("X_umap")
 # biology, not a technical artefact, and section 5 comes back to what is lost by removing it.
 
 # %%
-model_all = tl.scvi_integrate(adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=SEED, **FIT)
+model_all = tl.scvi_integrate(
+    adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=SEED, **FIT
+)
 sc.pp.neighbors(adata, use_rep="X_scvi", random_state=SEED, key_added="scvi")
 sc.tl.umap(adata, neighbors_key="scvi", random_state=SEED)
 adata.obsm["X_umap_scvi"] = adata.obsm.pop("X_umap")
 elbo = model_all.history["elbo_train"].iloc[:, 0]
 assert elbo.iloc[-1] < elbo.iloc[0]  # training made progress
 
-# %%
+# %% mystnb={"image": {"alt": "Four UMAP panels. Top, the PCA embedding: coloured by condition, control and stimulated cells of each type form two neighbouring islands; coloured by cell type, the types are separate. Bottom, the scVI latent space: the two conditions overlap while the cell types stay apart."}}
 fig, axes = plt.subplots(2, 2, figsize=(11, 9))
-for row, (basis, name) in enumerate([("umap_pca", "PCA"), ("umap_scvi", "scVI latent")]):
-    sc.pl.embedding(adata, basis=basis, color="stim", ax=axes[row, 0], show=False,
-                    title=f"{name}: condition", frameon=False)
-    sc.pl.embedding(adata, basis=basis, color="cell_type", ax=axes[row, 1], show=False,
-                    title=f"{name}: cell type", frameon=False, legend_loc="on data",
-                    legend_fontsize=7, legend_fontoutline=2)
+for row, (basis, name) in enumerate(
+    [("umap_pca", "PCA"), ("umap_scvi", "scVI latent")]
+):
+    sc.pl.embedding(
+        adata,
+        basis=basis,
+        color="stim",
+        ax=axes[row, 0],
+        show=False,
+        title=f"{name}: condition",
+        frameon=False,
+    )
+    sc.pl.embedding(
+        adata,
+        basis=basis,
+        color="cell_type",
+        ax=axes[row, 1],
+        show=False,
+        title=f"{name}: cell type",
+        frameon=False,
+        legend_loc="on data",
+        legend_fontsize=7,
+        legend_fontoutline=2,
+    )
 fig.tight_layout()
 plt.show()
 
@@ -199,13 +248,23 @@ plt.show()
 # ````
 
 # %%
-metrics = tl.integration_metrics(adata, ["X_pca", "X_scvi"], batch_key="stim",
-                                 label_key="cell_type", seed=SEED)
-metrics.round(3)
+metrics = tl.integration_metrics(
+    adata, ["X_pca", "X_scvi"], batch_key="stim", label_key="cell_type", seed=SEED
+)
+sig3(metrics)
 
 # %%
 for emb in metrics.index:
-    for col in ["batch_asw", "ilisi", "kbet", "label_asw", "nmi", "ari", "batch_score", "bio_score"]:
+    for col in [
+        "batch_asw",
+        "ilisi",
+        "kbet",
+        "label_asw",
+        "nmi",
+        "ari",
+        "batch_score",
+        "bio_score",
+    ]:
         glue(f"c02_{emb}_{col}", float(metrics.loc[emb, col]), display=False)
 assert metrics.loc["X_scvi", "ilisi"] > metrics.loc["X_pca", "ilisi"] + 0.2
 assert metrics.loc["X_scvi", "batch_score"] > metrics.loc["X_pca", "batch_score"]
@@ -238,11 +297,16 @@ assert metrics.loc["X_scvi", "batch_score"] > metrics.loc["X_pca", "batch_score"
 
 # %%
 split = tl.make_split(adata, by="stim", test="STIM")
-tl.check_split(adata, split=split)  # raises SplitLeakError if a cell or a condition were shared
+tl.check_split(
+    adata, split=split
+)  # raises SplitLeakError if a cell or a condition were shared
 print(split.describe())
 reference = adata[split.train].copy()
 query = adata[split.test].copy()
-for part in (reference, query):  # drop the all-cell results, so nothing from section 3 leaks in
+for part in (
+    reference,
+    query,
+):  # drop the all-cell results, so nothing from section 3 leaks in
     for key in ("X_scvi", "X_umap_scvi", "X_umap_pca"):
         part.obsm.pop(key, None)
 
@@ -255,7 +319,9 @@ for part in (reference, query):  # drop the all-cell results, so nothing from se
 # %%
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*single value.*")
-    ref_model = tl.scvi_integrate(reference, batch_key="stim", max_epochs=EPOCHS_REF, seed=SEED, **FIT)
+    ref_model = tl.scvi_integrate(
+        reference, batch_key="stim", max_epochs=EPOCHS_REF, seed=SEED, **FIT
+    )
 frozen_before = {k: v.clone() for k, v in ref_model.module.state_dict().items()}
 
 # %% [markdown]
@@ -271,12 +337,18 @@ frozen_before = {k: v.clone() for k, v in ref_model.module.state_dict().items()}
 # %%
 query_model = tl.map_query(ref_model, query, max_epochs=EPOCHS_QUERY, seed=SEED, **FIT)
 after = ref_model.module.state_dict()
-assert all((frozen_before[k] == after[k]).all() for k in frozen_before)  # reference untouched
+assert all(
+    (frozen_before[k] == after[k]).all() for k in frozen_before
+)  # reference untouched
 q_state = query_model.module.state_dict()
 same = [k for k, v in frozen_before.items() if q_state[k].shape == v.shape]
-assert all((q_state[k] == frozen_before[k]).all() for k in same)  # shared weights stayed frozen
-print(f"{len(same)} of {len(frozen_before)} weight tensors are shared unchanged; "
-      f"{len(frozen_before) - len(same)} grew columns for the new condition")
+assert all(
+    (q_state[k] == frozen_before[k]).all() for k in same
+)  # shared weights stayed frozen
+print(
+    f"{len(same)} of {len(frozen_before)} weight tensors are shared unchanged; "
+    f"{len(frozen_before) - len(same)} grew columns for the new condition"
+)
 
 # %% [markdown]
 # ### Label transfer and its baselines
@@ -298,24 +370,53 @@ print(f"{len(same)} of {len(frozen_before)} weight tensors are shared unchanged;
 # reference: every method must get them wrong, and they are counted as errors.
 
 # %%
-tl.transfer_labels(reference, query, embed_key="X_scvi", label_key="cell_type", k=15,
-                   key_added="pred_scvi")
+tl.transfer_labels(
+    reference,
+    query,
+    embed_key="X_scvi",
+    label_key="cell_type",
+    k=15,
+    key_added="pred_scvi",
+)
 tl.project_pca(reference, query, n_top_genes=N_HVG, n_pcs=30, seed=SEED)
-tl.transfer_labels(reference, query, embed_key="X_pca_ref", label_key="cell_type", k=15,
-                   key_added="pred_pca")
+tl.transfer_labels(
+    reference,
+    query,
+    embed_key="X_pca_ref",
+    label_key="cell_type",
+    k=15,
+    key_added="pred_pca",
+)
 logreg = tl.pca_logreg(reference, "cell_type", n_top_genes=N_HVG, n_pcs=30, seed=SEED)
 query.obs["pred_logreg"] = logreg.predict(query)
 
 truth = query.obs["cell_type"].astype(str).to_numpy()
-methods = {"scArches-style mapping + kNN (scVI)": "pred_scvi",
-           "reference PCA + kNN": "pred_pca",
-           "reference PCA + logistic regression": "pred_logreg"}
+methods = {
+    "scArches-style mapping + kNN (scVI)": "pred_scvi",
+    "reference PCA + kNN": "pred_pca",
+    "reference PCA + logistic regression": "pred_logreg",
+}
 results = pd.concat(
-    [tl.evaluate_predictions(truth, query.obs[col].astype(str), method=name, n_boot=N_BOOT, seed=SEED)
-     for name, col in methods.items()], ignore_index=True)
-table = results.pivot(index="method", columns="metric", values=["estimate", "low", "high"])
-table = table.swaplevel(axis=1).sort_index(axis=1).loc[list(methods)]
-table.round(3)
+    [
+        tl.evaluate_predictions(
+            truth, query.obs[col].astype(str), method=name, n_boot=N_BOOT, seed=SEED
+        )
+        for name, col in methods.items()
+    ],
+    ignore_index=True,
+)
+wide = results.pivot(
+    index="method", columns="metric", values=["estimate", "low", "high"]
+)
+scores = sorted(results["metric"].unique())
+flat = pd.DataFrame(
+    {
+        f"{m}{suffix}": wide[(col, m)]
+        for m in scores
+        for col, suffix in [("estimate", ""), ("low", "_low"), ("high", "_high")]
+    }
+)
+stats.with_intervals(flat.loc[list(methods)], metrics=scores)
 
 # %%
 acc = results[results["metric"] == "accuracy"].set_index("method")
@@ -326,17 +427,21 @@ for name, row in acc.iterrows():
 best = acc["estimate"].idxmax()
 glue("c02_best_method", best, display=False)
 print("highest accuracy:", best)
-majority = pd.Series(truth).value_counts(normalize=True).iloc[0]  # always guess CD14 Mono
+# the majority-class guess: always CD14 Mono
+majority = pd.Series(truth).value_counts(normalize=True).iloc[0]
 assert (acc["low"] > majority).all()  # every method beats the majority-class guess
-# The claim the prose makes: on this split the uncorrected PCA baseline beats the mapping,
-# by more than both intervals (measured with the schedule above: 0.78 vs 0.42; with the
-# earlier 60/30 reference/query epochs on 2,000 genes 0.80 vs 0.53).
-assert acc.loc["reference PCA + kNN", "low"] > acc.loc["scArches-style mapping + kNN (scVI)", "high"]
+# The claim the prose makes: on this split the uncorrected PCA baseline beats the
+# mapping, by more than both intervals (measured with the schedule above: 0.78 vs 0.42;
+# with the earlier 60/30 reference/query epochs on 2,000 genes 0.80 vs 0.53).
+assert (
+    acc.loc["reference PCA + kNN", "low"]
+    > acc.loc["scArches-style mapping + kNN (scVI)", "high"]
+)
 
 # %% [markdown]
 # **Table 2.** Label transfer from 1,000 control cells (reference) to 1,000 stimulated cells
-# (query): point estimate and 95 % bootstrap interval (`low`, `high`) for accuracy and
-# macro-F1.
+# (query): point estimate and 95 % bootstrap interval, `estimate [low, high]`, for accuracy
+# and macro-F1.
 #
 # The result is not the one the method's reputation suggests. kNN on the **uncorrected**
 # reference PCA labels {glue:text}`c02_acc_pca_knn_estimate:.1%` of the stimulated cells
@@ -354,30 +459,54 @@ assert acc.loc["reference PCA + kNN", "low"] > acc.loc["scArches-style mapping +
 # The per-type view below shows where the errors are.
 
 # %%
-recall = tl.per_class_recall(truth, query.obs["pred_scvi"].astype(str), n_boot=N_BOOT, seed=SEED)
-recall["pca_knn"] = (pd.Series(truth == query.obs["pred_pca"].astype(str).to_numpy())
-                     .groupby(truth).mean())
-recall.round(2)
+recall = tl.per_class_recall(
+    truth, query.obs["pred_scvi"].astype(str), n_boot=N_BOOT, seed=SEED
+)
+recall["pca_knn"] = (
+    pd.Series(truth == query.obs["pred_pca"].astype(str).to_numpy())
+    .groupby(truth)
+    .mean()
+)
+recall = recall.rename(columns={"low": "recall_low", "high": "recall_high"})
+stats.with_intervals(sig3(recall), metrics=["recall"])
 
 # %% [markdown]
-# **Table 3.** Recall per query cell type after scArches-style mapping (with 95 % bootstrap
-# interval) and, for comparison, after kNN on the reference PCA. Most of the mapping's loss
+# **Table 3.** Recall per query cell type after scArches-style mapping (with its 95 %
+# bootstrap interval in brackets) and, for comparison, after kNN on the reference PCA. Most of the mapping's loss
 # comes from the CD4 T cells (naive and memory are a continuum, and the mapped cells drift
 # across it) and the CD14 monocytes, the type that responds most to interferon; erythrocytes (absent from the reference) and the handful of pDCs are missed by
 # both. For types with a few dozen query cells the intervals are wide: no ranking there.
 
-# %%
+# %% mystnb={"image": {"alt": "Two UMAP panels of the reference control cells and the mapped stimulated query cells in the frozen scVI space. Left, coloured by role (reference blue, query orange); right, coloured by known cell type, with labels on the clusters."}}
 joint = sc.concat({"reference (CTRL)": reference, "query (STIM)": query}, label="role")
 joint.obsm["X_scvi"] = np.vstack([reference.obsm["X_scvi"], query.obsm["X_scvi"]])
 sc.pp.neighbors(joint, use_rep="X_scvi", random_state=SEED)
 sc.tl.umap(joint, random_state=SEED)
 joint.uns["role_colors"] = STIM_COLOURS
 joint.uns["cell_type_colors"] = adata.uns["cell_type_colors"]
-joint.obs["cell_type"] = joint.obs["cell_type"].cat.set_categories(adata.obs["cell_type"].cat.categories)
+joint.obs["cell_type"] = joint.obs["cell_type"].cat.set_categories(
+    adata.obs["cell_type"].cat.categories
+)
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-sc.pl.umap(joint, color="role", ax=axes[0], show=False, frameon=False, title="reference vs query")
-sc.pl.umap(joint, color="cell_type", ax=axes[1], show=False, frameon=False, title="annotated cell type",
-           legend_loc="on data", legend_fontsize=7, legend_fontoutline=2)
+sc.pl.umap(
+    joint,
+    color="role",
+    ax=axes[0],
+    show=False,
+    frameon=False,
+    title="reference vs query",
+)
+sc.pl.umap(
+    joint,
+    color="cell_type",
+    ax=axes[1],
+    show=False,
+    frameon=False,
+    title="annotated cell type",
+    legend_loc="on data",
+    legend_fontsize=7,
+    legend_fontoutline=2,
+)
 fig.tight_layout()
 plt.show()
 
@@ -394,7 +523,9 @@ plt.show()
 
 # %%
 wrong_ids = query.copy()
-wrong_ids.var_names = [f"ENSG{i:011d}" for i in range(wrong_ids.n_vars)]  # other identifiers
+wrong_ids.var_names = [
+    f"ENSG{i:011d}" for i in range(wrong_ids.n_vars)
+]  # other identifiers
 try:
     tl.map_query(ref_model, wrong_ids, max_epochs=1)
 except ValueError as err:
@@ -438,9 +569,12 @@ except ValueError as err:
 # ## Caveats and failure modes
 #
 # - **Over-correction.** Here the "batch" is interferon stimulation. scVI was asked to make
-#   the latent space blind to it, and it was: the latent space no longer tells a stimulated
-#   monocyte from a control one. For a question about the interferon response that is exactly
-#   wrong. Decide what a batch is before integrating.
+#   the latent space blind to it, and with this short training it got partway: a linear
+#   classifier told stimulated from control CD14 monocytes with accuracy
+#   {glue:text}`c02_ex_stim_pca:.2f` in PCA space but {glue:text}`c02_ex_stim_scvi:.2f` in
+#   the scVI space ({ref}`the over-correction exercise <ex02-overcorrect>`); longer training
+#   removes more. For a question about the interferon response that is exactly the wrong
+#   direction. Decide what a batch is before integrating.
 # - **A reference that has seen one condition** cannot teach the surgery how conditions
 #   differ. scArches-style mapping is at its best when the reference already spans several
 #   batches, so that the query's difference resembles differences it has learned.
@@ -476,36 +610,92 @@ except ValueError as err:
 #     scores = cross_val_score(LogisticRegression(max_iter=2000), mono.obsm[key], y, cv=5)
 #     print(key, scores.mean().round(3))
 # ```
-# In PCA space the condition is predicted almost perfectly; in the scVI space accuracy drops
-# towards chance (0.5). scVI did what it was asked to do: it removed the condition from the
-# latent space. Differential expression between conditions must therefore be run on the
+# In our run the condition was predicted with accuracy {glue:text}`c02_ex_stim_pca:.2f` from
+# PCA and {glue:text}`c02_ex_stim_scvi:.2f` from scVI (always guessing the larger condition
+# gives {glue:text}`c02_ex_stim_chance:.2f`). The accuracy fell but stayed far above
+# chance: with this short training, scVI weakened the condition in the latent space without
+# removing it. Differential expression between conditions must therefore be run on the
 # counts (or with scVI's own decoder), not on distances in the integrated space.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: the build fails if scVI stops hiding the condition.
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+mono = adata[adata.obs["cell_type"] == "CD14 Mono"]
+y = mono.obs["stim"].astype(str)
+stim_acc = {
+    key: float(
+        cross_val_score(
+            LogisticRegression(max_iter=2000), mono.obsm[key], y, cv=5
+        ).mean()
+    )
+    for key in ("X_pca", "X_scvi")
+}
+glue("c02_ex_stim_pca", stim_acc["X_pca"], display=False)
+glue("c02_ex_stim_scvi", stim_acc["X_scvi"], display=False)
+glue("c02_ex_stim_chance", float(y.value_counts(normalize=True).iloc[0]), display=False)
+chance = y.value_counts(normalize=True).iloc[0]
+assert stim_acc["X_pca"] > 0.9 and stim_acc["X_scvi"] < stim_acc["X_pca"] - 0.05
+assert stim_acc["X_scvi"] > chance + 0.2  # weakened, not removed: the text says so
+
+# %% [markdown]
 #
 # ```{exercise}
 # :label: ex02-seed
-# How stable is Table 1? Re-run `scvi_integrate` with seeds 1 and 2 (keep
-# `EPOCHS_ALL`, write to `key_added="X_scvi_s1"` and `"X_scvi_s2"`) and recompute the metrics.
-# Which columns move by more than 0.02?
+# How stable is Table 1? Re-run `scvi_integrate` with seed 1 (keep `EPOCHS_ALL`, write to
+# `key_added="X_scvi_s1"`) and recompute the metrics. Which columns move by more than 0.02?
+# (Add more seeds for a better estimate of the spread.)
 # ```
 #
 # ````{solution} ex02-seed
 # :class: dropdown
 # ```python
-# for s in (1, 2):
-#     tl.scvi_integrate(adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=s, key_added=f"X_scvi_s{s}",
-#                       train_kwargs=TRAIN)
-# tl.integration_metrics(adata, ["X_scvi", "X_scvi_s1", "X_scvi_s2"], "stim", "cell_type").round(3)
+# tl.scvi_integrate(adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=1,
+#                   key_added="X_scvi_s1", **FIT)
+# tl.integration_metrics(adata, ["X_scvi", "X_scvi_s1"], batch_key="stim",
+#                        label_key="cell_type", seed=SEED).round(3)
 # ```
-# The batch-mixing columns move little between seeds; NMI and ARI move most, because they
-# depend on one k-means partition of a continuous space (naive vs memory CD4 T cells).
-# Differences in the biology columns of Table 1 smaller than this spread are not evidence.
+# In our run the columns that moved by more than 0.02 between the two seeds were
+# {glue:text}`c02_ex_seed_moved`; the largest spread was {glue:text}`c02_ex_seed_max:.3f`
+# ({glue:text}`c02_ex_seed_max_col`). So batch and biology columns alike move by a few
+# hundredths with the training seed alone, and differences in Table 1 smaller than this
+# spread are not evidence. The batch verdict survives it: scVI's iLISI stayed above PCA's
+# by at least {glue:text}`c02_ex_seed_ilisi_gap:.2f` for both seeds.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: the build fails if scVI's batch-mixing advantage depends on the
+# seed.
+tl.scvi_integrate(
+    adata, batch_key="stim", max_epochs=EPOCHS_ALL, seed=1, key_added="X_scvi_s1", **FIT
+)
+by_seed = tl.integration_metrics(
+    adata,
+    ["X_scvi", "X_scvi_s1"],
+    batch_key="stim",
+    label_key="cell_type",
+    seed=SEED,
+)
+cols = ["batch_asw", "ilisi", "kbet", "label_asw", "nmi", "ari"]
+spread = (by_seed[cols].max() - by_seed[cols].min()).astype(float)
+moved = [c for c in cols if spread[c] > 0.02]
+glue("c02_ex_seed_moved", ", ".join(moved) if moved else "none", display=False)
+glue("c02_ex_seed_max", float(spread.max()), display=False)
+glue("c02_ex_seed_max_col", str(spread.idxmax()), display=False)
+ilisi_gap = float(by_seed["ilisi"].min() - metrics.loc["X_pca", "ilisi"])
+glue("c02_ex_seed_ilisi_gap", ilisi_gap, display=False)
+assert ilisi_gap > 0.2  # Table 1's batch verdict holds for every seed
+adata.obsm.pop("X_scvi_s1")  # keep the saved artifact as it was
+adata.uns.pop("integration_metrics", None)
+
+# %% [markdown]
 #
 # ```{exercise}
 # :label: ex02-budget
-# Train the reference and the query surgery for four times as many epochs
-# (`EPOCHS_REF * 4`, `EPOCHS_QUERY * 4`) and redo Table 2. Does the accuracy change by more
+# Train the reference and the query surgery for twice as many epochs
+# (`EPOCHS_REF * 2`, `EPOCHS_QUERY * 2`) and redo Table 2. Does the accuracy change by more
 # than its confidence interval? What does that say about the "lower bound" in the compute
 # note at the top?
 # ```
@@ -514,16 +704,82 @@ except ValueError as err:
 # :class: dropdown
 # ```python
 # ref2, q2 = reference.copy(), query.copy()
-# m2 = tl.scvi_integrate(ref2, batch_key="stim", max_epochs=EPOCHS_REF * 4, seed=SEED, train_kwargs=TRAIN)
-# tl.map_query(m2, q2, max_epochs=EPOCHS_QUERY * 4, seed=SEED, train_kwargs=TRAIN)
+# m2 = tl.scvi_integrate(ref2, batch_key="stim", max_epochs=EPOCHS_REF * 2, seed=SEED,
+#                        **FIT)
+# tl.map_query(m2, q2, max_epochs=EPOCHS_QUERY * 2, seed=SEED, **FIT)
 # pred = tl.transfer_labels(ref2, q2, embed_key="X_scvi", label_key="cell_type")
-# tl.evaluate_predictions(truth, pred, method="scVI, 4x epochs", seed=SEED)
+# tl.evaluate_predictions(truth, pred, method="scVI, 2x epochs", seed=SEED)
 # ```
 # Compare the new accuracy with Table 2. If it rises by more than its interval, the short
 # training was holding the mapping back; if it barely moves, the single-condition reference
-# is the bottleneck (see the caveats). Either way, the bootstrap interval does not include
+# is the bottleneck (see the caveats). In our run it went from
+# {glue:text}`c02_acc_scvi_estimate:.1%` to {glue:text}`c02_ex_budget_acc:.1%` (95 % CI
+# {glue:text}`c02_ex_budget_low:.1%` to {glue:text}`c02_ex_budget_high:.1%`): it
+# {glue:text}`c02_ex_budget_verdict`, and kNN on the uncorrected PCA
+# ({glue:text}`c02_acc_pca_knn_estimate:.1%`) {glue:text}`c02_ex_budget_vs_pca`. Either way, the bootstrap interval does not include
 # this training variability, so quote both when you compare methods.
 # ````
+
+# %% tags=["hide-input"]
+# Executed solution: the build fails if longer training breaks the mapping.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*single value.*")
+    ref2, q2 = reference.copy(), query.copy()
+    m2 = tl.scvi_integrate(
+        ref2, batch_key="stim", max_epochs=EPOCHS_REF * 2, seed=SEED, **FIT
+    )
+    tl.map_query(m2, q2, max_epochs=EPOCHS_QUERY * 2, seed=SEED, **FIT)
+pred = tl.transfer_labels(ref2, q2, embed_key="X_scvi", label_key="cell_type")
+longer = tl.evaluate_predictions(
+    truth, pred.astype(str), method="scVI, 2x epochs", n_boot=N_BOOT, seed=SEED
+).set_index("metric")
+new = longer.loc["accuracy"]
+old = acc.loc["scArches-style mapping + kNN (scVI)"]
+glue("c02_ex_budget_acc", float(new["estimate"]), display=False)
+glue("c02_ex_budget_low", float(new["low"]), display=False)
+glue("c02_ex_budget_high", float(new["high"]), display=False)
+if new["low"] > old["high"]:
+    verdict = "rose by more than both intervals"
+elif new["high"] < old["low"]:
+    verdict = "fell by more than both intervals"
+else:
+    verdict = "stayed within the intervals"
+glue("c02_ex_budget_verdict", verdict, display=False)
+pca_low = acc.loc["reference PCA + kNN", "low"]
+glue(
+    "c02_ex_budget_vs_pca",
+    "still wins" if pca_low > new["high"] else "no longer wins",
+    display=False,
+)
+assert new["low"] > majority  # longer training still beats the majority-class guess
+
+# %% [markdown]
+#
+# ## Quiz
+#
+# :::{admonition} 1. scVI raised the iLISI from {glue:text}`c02_X_pca_ilisi:.2f` to {glue:text}`c02_X_scvi_ilisi:.2f`. Is scVI's embedding therefore better?
+# :class: dropdown
+# Better at mixing the two conditions, yes. But mixing is half of the score: the biology
+# columns were about equal, and here the "batch" is interferon, a signal some questions need.
+# :::
+#
+# :::{admonition} 2. kNN on the uncorrected PCA labelled {glue:text}`c02_acc_pca_knn_estimate:.1%` of the query cells, the scArches-style mapping {glue:text}`c02_acc_scvi_estimate:.1%`. Is the gap noise?
+# :class: dropdown
+# Not cell-sampling noise: the PCA baseline's lower bound lies above the mapping's upper
+# bound. The intervals do not cover training seeds, epochs or donors, though.
+# :::
+#
+# :::{admonition} 3. Why does the query surgery train only the new condition's weights?
+# :class: dropdown
+# So that the reference space stays fixed: other users' coordinates do not change, and the
+# atlas need not be retrained for every new sample.
+# :::
+#
+# :::{admonition} 4. The query holds 5 erythrocytes that the reference never saw. What happens to them?
+# :class: dropdown
+# They are forced onto the nearest reference type and counted as errors by every method; a
+# kNN confidence is only a weak warning that a type is new.
+# :::
 #
 # ## Key takeaways
 #
@@ -548,7 +804,9 @@ except ValueError as err:
 artifacts = Path("_artifacts")
 artifacts.mkdir(exist_ok=True)
 keep = adata.copy()
-keep.uns.pop("integration_metrics", None)  # a DataFrame in uns; the table is rebuilt in ch. 07
+keep.uns.pop(
+    "integration_metrics", None
+)  # a DataFrame in uns; the table is rebuilt in ch. 07
 keep.write_h5ad(artifacts / "02_kang_integrated.h5ad")
 print("saved", artifacts / "02_kang_integrated.h5ad", "with obsm:", list(keep.obsm))
 
