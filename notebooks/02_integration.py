@@ -659,9 +659,9 @@ assert stim_acc["X_scvi"] > chance + 0.2  # weakened, not removed: the text says
 # ```
 # In our run the columns that moved by more than 0.02 between the two seeds were
 # {glue:text}`c02_ex_seed_moved`; the largest spread was {glue:text}`c02_ex_seed_max:.3f`
-# ({glue:text}`c02_ex_seed_max_col`). So batch and biology columns alike move by a few
-# hundredths with the training seed alone, and differences in Table 1 smaller than this
-# spread are not evidence. The batch verdict survives it: scVI's iLISI stayed above PCA's
+# ({glue:text}`c02_ex_seed_max_col`). So scores move by up to a few hundredths with the
+# training seed alone, and differences in Table 1 smaller than this spread are not
+# evidence. The batch verdict survives it: scVI's iLISI stayed above PCA's
 # by at least {glue:text}`c02_ex_seed_ilisi_gap:.2f` for both seeds.
 # ````
 
