@@ -343,6 +343,30 @@ plt.close(fig)
 # Chapter 12 tests these hypotheses formally and chapter 13 asks the same of other
 # regulator rankings. Before that, the one kind of data that does carry causal information.
 #
+# One gene at a time: `tflib.widgets.fate_shift_explorer` draws the mean fate probabilities
+# of the test cells before and after a deletion, as the Transcriptformer predicts them and as
+# the simulator's knockout gives them. In Jupyter or Colab, `explorer.show()` adds a menu of
+# the genes; the book shows the three master TFs.
+
+# %%
+from tflib import widgets as tw
+
+explorer = tw.fate_shift_explorer(table, true_shift, before=P_test, true_before=truth.loc[test])
+
+# %% tags=["skip-execution"]
+# interactive: a menu over the genes (Jupyter, Colab; not run in the book)
+explorer.show()
+
+# %% mystnb={"image": {"alt": "Donut charts for the three master transcription factors: for each, the mean fate probabilities before and after its deletion as predicted by the Transcriptformer, and before and after its knockout in the simulator. The predicted donuts barely change, while the true donuts lose a visible share of the master's own fate."}}
+fig = explorer.static(masters)
+plt.show()
+
+# %% [markdown]
+# *Figure: mean fate probabilities before and after removing each master TF, predicted by
+# the Transcriptformer (in-silico deletion, averaged over the cells whose context holds the
+# gene) and true (simulated knockout, averaged over all test cells). The predicted pair
+# barely differs; the true pair loses part of the master's own fate.*
+#
 # ## 5 Interventional data: a simulated Perturb-seq screen
 #
 # `tds.screen` grows cells of the same world with one gene knocked out from the start and
