@@ -515,6 +515,23 @@ plt.show()
 # adaptive lab found 32 true regulators against 8 for the fixed ranking and 13 for random
 # picks (`tests/test_lab.py`).
 #
+# ## Caveats
+#
+# - **The truth is a simulation.** "Truly fate-changing" means a mean shift below −0.02 in
+#   this world's knockouts; another threshold, or a world with subtler regulators, changes
+#   which genes count and every number of section 4.
+# - **A few dozen genes make wide intervals.** Two AUROCs whose intervals overlap (see the
+#   table of section 4) are not a ranking of methods; a second world (another seed) is the
+#   honest check.
+# - **The null genes define the test.** Tests against expression-matched random genes and
+#   against all other genes call different genes (see the second exercise); say which
+#   reference a claim uses.
+# - **Pseudobulk needs replicates.** With one sample per condition there is nothing to test;
+#   `stats.pseudobulk_test` refuses rather than return a p-value.
+# - **The lab loop's experiment is idealised:** true knockouts plus Gaussian noise, cells drawn
+#   at random, no failed experiments and no batch effects between rounds. Its advantage on
+#   one world is one draw; the five-world comparison lives in the tests.
+#
 # ## Exercises
 #
 # ```{exercise}
