@@ -414,7 +414,7 @@ glue("c12_n_null_genes", len(bulk), display=False)
 assert rates.iloc[0] > 0.2 and rates.iloc[1] < 0.1
 (100 * rates).round(1).to_frame("% of null genes called")
 
-# % mystnb={"image": {"alt": "Two histograms of p-values for null genes under a treatment that does nothing. Left, cells tested as replicates: a tall spike of p-values near zero far above the dashed flat line. Right, pseudobulk across animals: bars close to the dashed flat line across the whole range from 0 to 1."}}
+# %% mystnb={"image": {"alt": "Two histograms of p-values for null genes under a treatment that does nothing. Left, cells tested as replicates: a tall spike of p-values near zero far above the dashed flat line. Right, pseudobulk across animals: bars close to the dashed flat line across the whole range from 0 to 1."}}
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
 for ax, p, title in zip(axes, (per_cell.pvalue, bulk.pvalue), rates.index):
     ax.hist(p, bins=20, range=(0, 1), color=OKABE_ITO["blue"], edgecolor="white")
@@ -492,7 +492,7 @@ glue("c12_lab_n_real", int(is_real.sum()), display=False)
 glue("c12_t_lab", time.perf_counter() - t0, display=False)
 loop[["strategy", "round", "genes", "n_hits", "n_true", "cumulative_true"]]
 
-# % mystnb={"image": {"alt": "Line chart of cumulative true regulators found (y) over three rounds of four knockouts (x) for three strategies: adaptive in vermillion, fixed in blue and random in grey. All start from the same first round; the adaptive line rises most steeply and ends highest, random ends lowest."}}
+# %% mystnb={"image": {"alt": "Line chart of cumulative true regulators found (y) over three rounds of four knockouts (x) for three strategies: adaptive in vermillion, fixed in blue and random in grey. All start from the same first round; the adaptive line rises most steeply and ends highest, random ends lowest."}}
 fig, ax = plt.subplots(figsize=(4.8, 3.2))
 for strat, color in zip(found.columns, (OKABE_ITO["vermillion"], OKABE_ITO["blue"], "#999999")):
     ax.plot(found.index, found[strat], marker="o", color=color, label=strat)
