@@ -569,6 +569,22 @@ print(
 )
 
 # %% [markdown]
+# ## Caveats
+#
+# - **QC thresholds are choices.** Cut-offs on genes per cell, counts and mitochondrial share
+#   depend on tissue and protocol; a threshold copied from another dataset can remove a real,
+#   small cell type (for example cells with few transcripts) as easily as debris.
+# - **Normalisation shapes everything downstream.** Library-size scaling and the log assume
+#   that most genes do not change between cells; highly variable genes are picked after that
+#   choice, so they inherit it.
+# - **Clusters are not cell types.** Leiden's number of clusters follows its resolution
+#   (exercise below), and a UMAP's distances between clusters mean little: check clusters
+#   against annotations and markers, never the picture alone.
+# - **Metadata can be missing or inconsistent.** Two datasets may name the same cell type
+#   differently, or the same batch twice; chapter 14 shows what naive label transfer does then.
+# - **A corpus is a sample.** Whatever tissues, species and protocols it lacks, a model trained
+#   on it has never seen (chapter 06 measures how much of other tissues' counts it covers).
+#
 # ## Exercises
 #
 # ```{exercise}

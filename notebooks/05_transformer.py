@@ -742,6 +742,20 @@ assert fresh.num_parameters() == hf_back.num_parameters()
 # decoder is not tied to its gene table is refused rather than silently altered. To read a
 # Geneformer folder saved by `transformers`, use `tflib.models.from_hf_dir(path)`.
 #
+# ## Caveats
+#
+# - **Attention weights are not explanations.** A map shows which tokens a head mixed into a
+#   position; it does not show that removing a gene would change the output (chapter 13).
+# - **Position means rank here.** Rank-value tokens put highly expressed genes first, so a
+#   head that attends by position also attends by expression level; the two cannot be told
+#   apart from a map alone.
+# - **Parity is numerical, not behavioural.** Matching Hugging Face BERT's outputs to a small
+#   tolerance checks the arithmetic of one configuration; other options (another attention
+#   implementation, half precision) need their own check.
+# - **Small model, small context.** The course model reads a short sentence per cell; genes
+#   ranked behind its context are invisible to every head (chapter 11 measures what that
+#   costs).
+#
 # ## Exercises
 #
 # Each solution below is also run when the book is built: the hidden cell after it computes
