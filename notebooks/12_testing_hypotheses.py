@@ -85,7 +85,9 @@ T0 = time.perf_counter()
 # deleting a random gene of similar expression does.*
 
 # %%
-sim = tds.simulate(n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0)
+sim = tds.simulate(
+    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0
+)
 truth = sim.obsm["fate_probs_true"]
 FATES = list(truth.columns)
 v = sim.var
@@ -97,7 +99,10 @@ candidates = tfs + others
 null = tl.matched_random_genes(sim, tfs, n_per_gene=1, exclude=candidates, seed=SEED)
 null_genes = list(dict.fromkeys(null["random_gene"]))[:20]
 # the fate each gene is scored on: its module's fate (TFs and targets); the first fate otherwise
-fate_of = {g: (v.loc[g, "module"] if v.loc[g, "module"] in FATES else FATES[0]) for g in candidates + null_genes}
+fate_of = {
+    g: (v.loc[g, "module"] if v.loc[g, "module"] in FATES else FATES[0])
+    for g in candidates + null_genes
+}
 
 order = np.random.default_rng(SEED).permutation(sim.n_obs)
 train, test = sim.obs_names[order[:400]], sim.obs_names[order[400:]]
@@ -130,10 +135,16 @@ fate = fate_of[master]
 col = f"fate_shift_{fate}"
 x = table.loc[(table.gene == master) & table.expressed, col].to_numpy()
 y = table.loc[table.gene.isin(null_genes) & table.expressed, col].to_numpy()
-three = pd.concat([
-    stats.rank_test(x, y, alternative="less").assign(test="rank-sum (Mann–Whitney)"),
-    stats.permutation_test(x, y, alternative="less", n_resamples=4999, seed=SEED).assign(test="permutation"),
-]).set_index("test")[["effect", "pvalue", "n_x", "n_y"]]
+three = pd.concat(
+    [
+        stats.rank_test(x, y, alternative="less").assign(
+            test="rank-sum (Mann–Whitney)"
+        ),
+        stats.permutation_test(
+            x, y, alternative="less", n_resamples=4999, seed=SEED
+        ).assign(test="permutation"),
+    ]
+).set_index("test")[["effect", "pvalue", "n_x", "n_y"]]
 ci = stats.bootstrap_ci(lambda a, _: float(np.mean(a)), x, x, n_boot=1000, seed=SEED)
 glue("c12_master", master, display=False)
 glue("c12_master_fate", fate, display=False)
@@ -173,10 +184,15 @@ tables = []
 for f in FATES:  # each gene is tested on its own fate
     genes_f = [g for g in candidates if fate_of[g] == f]
     sub = table[table.gene.isin(genes_f + null_genes)]
-    tables.append(stats.test_hypotheses(sub, f, "decrease", null_genes=null_genes, alpha=0.1, n_boot=499,
-                                        seed=SEED).assign(fate=f))
+    tables.append(
+        stats.test_hypotheses(
+            sub, f, "decrease", null_genes=null_genes, alpha=0.1, n_boot=499, seed=SEED
+        ).assign(fate=f)
+    )
 calls = pd.concat(tables)
-calls["qvalue"] = stats.fdr(calls["pvalue"].to_numpy(), method="bh")  # one adjustment over all tests
+calls["qvalue"] = stats.fdr(
+    calls["pvalue"].to_numpy(), method="bh"
+)  # one adjustment over all tests
 calls["qvalue_by"] = stats.fdr(calls["pvalue"].to_numpy(), method="by")
 calls["role"] = v.loc[calls.index, "role"].to_numpy()
 n_bh, n_by = int((calls.qvalue <= 0.1).sum()), int((calls.qvalue_by <= 0.1).sum())
@@ -184,8 +200,19 @@ n_raw = int((calls.pvalue <= 0.05).sum())
 glue("c12_n_raw", n_raw, display=False)
 glue("c12_n_bh", n_bh, display=False)
 glue("c12_n_by", n_by, display=False)
-calls.sort_values("pvalue").head(10)[["role", "fate", "n_cells", "mean_shift", "ci_low", "ci_high", "pvalue",
-                                      "qvalue", "qvalue_by"]].round(4)
+calls.sort_values("pvalue").head(10)[
+    [
+        "role",
+        "fate",
+        "n_cells",
+        "mean_shift",
+        "ci_low",
+        "ci_high",
+        "pvalue",
+        "qvalue",
+        "qvalue_by",
+    ]
+].round(4)
 
 # %% [markdown]
 # {glue:text}`c12_n_raw` genes pass p ≤ 0.05; at a false discovery rate of 10 %, BH calls
@@ -233,31 +260,80 @@ import torch
 from tflib.train import FinetuneConfig
 
 torch.set_num_threads(2)
-warnings.filterwarnings("ignore", category=UserWarning, module="tflib")  # the vocabulary-drop notes
+warnings.filterwarnings(
+    "ignore", category=UserWarning, module="tflib"
+)  # the vocabulary-drop notes
 t0 = time.perf_counter()
 model, tokenizer = tflib.models.course_checkpoint()
-tl.vocab_labels(sim, tokenizer)                                   # writes sim.var["tf_symbol"]
+tl.vocab_labels(sim, tokenizer)  # writes sim.var["tf_symbol"]
 cells = sim[test].copy()
 sym = dict(zip(sim.var_names, sim.var["tf_symbol"]))
-fate_cfg = FinetuneConfig(mode="top", n_unfrozen=1, epochs=8, batch_size=32, lr=3e-3, encoder_lr=2e-3, patience=3,
-                          class_weight=None, pooling="cls", calibrate=False, max_len=model.config.max_len, seed=SEED)
-student = tl.TrajectoryAwareTranscriptformer(model, tokenizer, gene_key="tf_symbol", config=fate_cfg)
+fate_cfg = FinetuneConfig(
+    mode="top",
+    n_unfrozen=1,
+    epochs=8,
+    batch_size=32,
+    lr=3e-3,
+    encoder_lr=2e-3,
+    patience=3,
+    class_weight=None,
+    pooling="cls",
+    calibrate=False,
+    max_len=model.config.max_len,
+    seed=SEED,
+)
+student = tl.TrajectoryAwareTranscriptformer(
+    model, tokenizer, gene_key="tf_symbol", config=fate_cfg
+)
 student.fit(sim, truth.loc[train])
 parts = []
-for f in FATES:  # one call per fate: its genes, with that fate as Geneformer's goal state
+for (
+    f
+) in FATES:  # one call per fate: its genes, with that fate as Geneformer's goal state
     genes_f = [g for g in candidates + null_genes if fate_of[g] == f]
-    part = tl.perturb(cells, model, tokenizer, [sym[g] for g in genes_f], kind="delete", fate_model=student,
-                      goal_key="lineage", goal=f, encode_kwargs={"gene_key": "tf_symbol"})
+    part = tl.perturb(
+        cells,
+        model,
+        tokenizer,
+        [sym[g] for g in genes_f],
+        kind="delete",
+        fate_model=student,
+        goal_key="lineage",
+        goal=f,
+        encode_kwargs={"gene_key": "tf_symbol"},
+    )
     parts.append(part.assign(gene=part["gene"].map({sym[g]: g for g in genes_f})))
 tf_table = pd.concat(parts, ignore_index=True)
-tf_calls = pd.concat([stats.test_hypotheses(tf_table[tf_table.gene.isin([g for g in candidates if fate_of[g] == f]
-                                                                        + null_genes)], f, "decrease",
-                                            null_genes=null_genes, alpha=0.1, n_boot=199, seed=SEED)
-                      for f in FATES])
+tf_calls = pd.concat(
+    [
+        stats.test_hypotheses(
+            tf_table[
+                tf_table.gene.isin(
+                    [g for g in candidates if fate_of[g] == f] + null_genes
+                )
+            ],
+            f,
+            "decrease",
+            null_genes=null_genes,
+            alpha=0.1,
+            n_boot=199,
+            seed=SEED,
+        )
+        for f in FATES
+    ]
+)
 tf_calls["qvalue"] = stats.fdr(tf_calls["pvalue"].to_numpy(), method="bh")
-goal_cos = tf_table[tf_table.expressed].groupby("gene")["goal_cosine_shift"].mean().reindex(candidates).fillna(0.0)
+goal_cos = (
+    tf_table[tf_table.expressed]
+    .groupby("gene")["goal_cosine_shift"]
+    .mean()
+    .reindex(candidates)
+    .fillna(0.0)
+)
 glue("c12_t_tf", time.perf_counter() - t0, display=False)
-print(f"Transcriptformer: fit + {len(tf_table):,} deletions in {time.perf_counter() - t0:.0f} s")
+print(
+    f"Transcriptformer: fit + {len(tf_table):,} deletions in {time.perf_counter() - t0:.0f} s"
+)
 
 # %% [markdown]
 # Then CellRank's drivers, on velocity estimated from the counts (not the simulator's true
@@ -270,12 +346,20 @@ with warnings.catch_warnings():
     velo = tl.velocity(sim, min_shared_counts=10, umap=False, seed=SEED, copy=True)
     tl.fates(velo, cluster_key="fate", n_states=4, n_initial=1, n_terminal=3, seed=SEED)
     tl.fate_drivers(velo, n_top=5)
-state_of = {lab: state for state, lab in tl.match_terminal_states(velo)["label"].items()}
+state_of = {
+    lab: state for state, lab in tl.match_terminal_states(velo)["label"].items()
+}
 drivers = velo.varm["terminal_lineage_drivers"]
-driver_corr = pd.Series({g: drivers.loc[g, f"{state_of[fate_of[g]]}_corr"] for g in candidates}).astype(float)
-driver_q = pd.Series({g: drivers.loc[g, f"{state_of[fate_of[g]]}_qval"] for g in candidates}).astype(float)
+driver_corr = pd.Series(
+    {g: drivers.loc[g, f"{state_of[fate_of[g]]}_corr"] for g in candidates}
+).astype(float)
+driver_q = pd.Series(
+    {g: drivers.loc[g, f"{state_of[fate_of[g]]}_qval"] for g in candidates}
+).astype(float)
 glue("c12_t_cellrank", time.perf_counter() - t0, display=False)
-print(f"velocity + fates + drivers: {time.perf_counter() - t0:.0f} s; states:", state_of)
+print(
+    f"velocity + fates + drivers: {time.perf_counter() - t0:.0f} s; states:", state_of
+)
 
 # %% [markdown]
 # Now the experiment, and the five rankings scored against it: AUROC for the rankings,
@@ -284,33 +368,75 @@ print(f"velocity + fates + drivers: {time.perf_counter() - t0:.0f} s; states:", 
 
 # %%
 t0 = time.perf_counter()
-true_mean = pd.Series({g: float(tds.knockout(cells, g, n_futures=8, seed=SEED)[fate_of[g]].mean())
-                       for g in candidates})
+true_mean = pd.Series(
+    {
+        g: float(tds.knockout(cells, g, n_futures=8, seed=SEED)[fate_of[g]].mean())
+        for g in candidates
+    }
+)
 t_ko = time.perf_counter() - t0
 is_real = (true_mean < -0.02).to_numpy()
-predicted = pd.DataFrame({                                        # higher = stronger claim "lowers its fate"
-    "Transcriptformer fate shift": -tf_calls.loc[candidates, "mean_shift"].to_numpy(),
-    "Geneformer goal cosine": -goal_cos.to_numpy(),
-    "linear fate model": -calls.loc[candidates, "mean_shift"].to_numpy(),
-    "CellRank driver correlation": driver_corr.fillna(0.0).to_numpy(),
-    "random ranking": np.random.default_rng(SEED).permutation(len(candidates)).astype(float),
-}, index=pd.Index(candidates, name="gene"))
-called = pd.DataFrame({
-    "Transcriptformer fate shift": (tf_calls.loc[candidates, "qvalue"] <= 0.1).to_numpy(),
-    "linear fate model": (calls.loc[candidates, "qvalue"] <= 0.1).to_numpy(),
-    "CellRank driver correlation": ((driver_q <= 0.1) & (driver_corr > 0)).to_numpy(),
-}, index=predicted.index)
-valid = stats.validation_table(predicted.to_dict("series"), is_real, calls=called.to_dict("series"),
-                               n_boot=1000, seed=SEED)
+predicted = pd.DataFrame(
+    {  # higher = stronger claim "lowers its fate"
+        "Transcriptformer fate shift": -tf_calls.loc[
+            candidates, "mean_shift"
+        ].to_numpy(),
+        "Geneformer goal cosine": -goal_cos.to_numpy(),
+        "linear fate model": -calls.loc[candidates, "mean_shift"].to_numpy(),
+        "CellRank driver correlation": driver_corr.fillna(0.0).to_numpy(),
+        "random ranking": np.random.default_rng(SEED)
+        .permutation(len(candidates))
+        .astype(float),
+    },
+    index=pd.Index(candidates, name="gene"),
+)
+called = pd.DataFrame(
+    {
+        "Transcriptformer fate shift": (
+            tf_calls.loc[candidates, "qvalue"] <= 0.1
+        ).to_numpy(),
+        "linear fate model": (calls.loc[candidates, "qvalue"] <= 0.1).to_numpy(),
+        "CellRank driver correlation": (
+            (driver_q <= 0.1) & (driver_corr > 0)
+        ).to_numpy(),
+    },
+    index=predicted.index,
+)
+valid = stats.validation_table(
+    predicted.to_dict("series"),
+    is_real,
+    calls=called.to_dict("series"),
+    n_boot=1000,
+    seed=SEED,
+)
 glue("c12_n_real", int(is_real.sum()), display=False)
 glue("c12_t_ko", t_ko, display=False)
-for name, short in (("Transcriptformer fate shift", "tf"), ("Geneformer goal cosine", "cos"),
-                    ("linear fate model", "lin"), ("CellRank driver correlation", "drv"), ("random ranking", "rand")):
+for name, short in (
+    ("Transcriptformer fate shift", "tf"),
+    ("Geneformer goal cosine", "cos"),
+    ("linear fate model", "lin"),
+    ("CellRank driver correlation", "drv"),
+    ("random ranking", "rand"),
+):
     glue(f"c12_auroc_{short}", float(valid.loc[name, "auroc"]), display=False)
 best = str(valid["auroc"].astype(float).idxmax())
 glue("c12_best", best, display=False)
-shown = stats.with_intervals(valid[["auroc", "auroc_low", "auroc_high", "n_called", "precision", "precision_low",
-                                     "precision_high", "recall", "recall_low", "recall_high"]])
+shown = stats.with_intervals(
+    valid[
+        [
+            "auroc",
+            "auroc_low",
+            "auroc_high",
+            "n_called",
+            "precision",
+            "precision_low",
+            "precision_high",
+            "recall",
+            "recall_low",
+            "recall_high",
+        ]
+    ]
+)
 shown["n_called"] = ["–" if pd.isna(n) else int(n) for n in shown["n_called"]]
 shown
 
@@ -332,8 +458,14 @@ shown
 # a positive driver correlation)?
 
 # %%
-sign_right = (predicted.loc[is_real].drop(columns="random ranking") > 0).mean().rename("sign right among true regulators")
-glue("c12_sign_tf", float(100 * sign_right["Transcriptformer fate shift"]), display=False)
+sign_right = (
+    (predicted.loc[is_real].drop(columns="random ranking") > 0)
+    .mean()
+    .rename("sign right among true regulators")
+)
+glue(
+    "c12_sign_tf", float(100 * sign_right["Transcriptformer fate shift"]), display=False
+)
 glue("c12_sign_lin", float(100 * sign_right["linear fate model"]), display=False)
 (100 * sign_right).round(0).to_frame("% of true regulators")
 
@@ -345,11 +477,19 @@ glue("c12_sign_lin", float(100 * sign_right["linear fate model"]), display=False
 master_tfs = list(v.index[v.role == "master_tf"])
 master_rank = predicted.rank(ascending=False).loc[master_tfs].astype(int)
 master_rank.insert(0, "true shift", true_mean[master_tfs].round(3))
-for name, short in (("Transcriptformer fate shift", "tf"), ("Geneformer goal cosine", "cos"),
-                    ("linear fate model", "lin"), ("CellRank driver correlation", "drv")):
+for name, short in (
+    ("Transcriptformer fate shift", "tf"),
+    ("Geneformer goal cosine", "cos"),
+    ("linear fate model", "lin"),
+    ("CellRank driver correlation", "drv"),
+):
     glue(f"c12_master_rank_{short}", int(master_rank[name].min()), display=False)
 secondary = v.index[v.role == "secondary_tf"]
-glue("c12_master_vs_secondary", float(true_mean[master_tfs].mean() / true_mean[secondary].mean()), display=False)
+glue(
+    "c12_master_vs_secondary",
+    float(true_mean[master_tfs].mean() / true_mean[secondary].mean()),
+    display=False,
+)
 master_rank
 
 # %% [markdown]
@@ -366,17 +506,24 @@ master_rank
 # predictor calls:
 
 # %%
-short = {"Transcriptformer fate shift": "Transcriptformer", "linear fate model": "linear",
-         "CellRank driver correlation": "CellRank drivers"}
-show = called.rename(columns=short).assign(role=v.loc[candidates, "role"].to_numpy(), true_shift=true_mean.to_numpy(),
-                                           real=is_real)
+short = {
+    "Transcriptformer fate shift": "Transcriptformer",
+    "linear fate model": "linear",
+    "CellRank driver correlation": "CellRank drivers",
+}
+show = called.rename(columns=short).assign(
+    role=v.loc[candidates, "role"].to_numpy(),
+    true_shift=true_mean.to_numpy(),
+    real=is_real,
+)
 false_pos = show[~show.real & called.any(axis=1).to_numpy()]
 missed = show[show.real & ~called.any(axis=1).to_numpy()]
 glue("c12_n_false_pos", len(false_pos), display=False)
 glue("c12_n_missed", len(missed), display=False)
 glue("c12_n_fp_lin", int((~show.real & show["linear"]).sum()), display=False)
-pd.concat([false_pos.assign(kind="called, not real"), missed.assign(kind="real, not called")]).drop(
-    columns="real").round(3)
+pd.concat(
+    [false_pos.assign(kind="called, not real"), missed.assign(kind="real, not called")]
+).drop(columns="real").round(3)
 
 # %% [markdown]
 # {glue:text}`c12_n_false_pos` genes are called by some predictor although knocking them out
@@ -397,17 +544,25 @@ pd.concat([false_pos.assign(kind="called, not real"), missed.assign(kind="real, 
 
 # %%
 t0 = time.perf_counter()
-null_sim = tds.simulate(n_cells=800, n_genes=250, n_fates=3, n_batches=8, seed=5, batch_log_sd=0.3)
+null_sim = tds.simulate(
+    n_cells=800, n_genes=250, n_fates=3, n_batches=8, seed=5, batch_log_sd=0.3
+)
 samples = sorted(null_sim.obs["batch"].astype(str).unique())
 treated = set(np.random.default_rng(SEED).permutation(samples)[:4])
 null_sim.obs["sample"] = null_sim.obs["batch"].astype(str).to_numpy()
-null_sim.obs["condition"] = np.where(null_sim.obs["sample"].isin(treated), "treated", "control")
+null_sim.obs["condition"] = np.where(
+    null_sim.obs["sample"].isin(treated), "treated", "control"
+)
 per_cell = stats.cell_level_test(null_sim, "condition", reference="control")
 bulk = stats.pseudobulk_test(null_sim, "sample", "condition", reference="control")
 t_null = time.perf_counter() - t0
-rates = pd.Series({"each cell a replicate (Mann–Whitney)": float((per_cell.pvalue < 0.05).mean()),
-                   "pseudobulk, 4 vs 4 animals (DESeq2)": float((bulk.pvalue < 0.05).mean())},
-                  name="false-positive rate at α = 0.05")
+rates = pd.Series(
+    {
+        "each cell a replicate (Mann–Whitney)": float((per_cell.pvalue < 0.05).mean()),
+        "pseudobulk, 4 vs 4 animals (DESeq2)": float((bulk.pvalue < 0.05).mean()),
+    },
+    name="false-positive rate at α = 0.05",
+)
 glue("c12_fpr_cell", float(100 * rates.iloc[0]), display=False)
 glue("c12_fpr_bulk", float(100 * rates.iloc[1]), display=False)
 glue("c12_n_null_genes", len(bulk), display=False)
@@ -445,7 +600,9 @@ plt.show()
 ko = tds.knockout(cells, master, n_futures=8, seed=SEED)[fate]
 d = float(abs(ko.mean()) / ko.std())
 n80 = stats.sample_size(d, 0.8)
-curve = pd.Series({n: stats.power(d, n) for n in (2, 3, 5, 8, 12, 20, 30)}, name="power")
+curve = pd.Series(
+    {n: stats.power(d, n) for n in (2, 3, 5, 8, 12, 20, 30)}, name="power"
+)
 glue("c12_d", d, display=False)
 glue("c12_n80", n80, display=False)
 curve.round(2).to_frame().T
@@ -476,13 +633,32 @@ curve.round(2).to_frame().T
 
 # %%
 t0 = time.perf_counter()
-X = np.asarray(cells.X.todense()) if hasattr(cells.X, "todense") else np.asarray(cells.X)
+X = (
+    np.asarray(cells.X.todense())
+    if hasattr(cells.X, "todense")
+    else np.asarray(cells.X)
+)
 col = [list(cells.var_names).index(g) for g in candidates]
-features = pd.DataFrame({"log mean expression": np.log1p(X[:, col].mean(0)), "detection": (X[:, col] > 0).mean(0),
-                         "listed as TF": [float(g in tfs) for g in candidates]}, index=predicted.index)
-lab = tl.InSilicoLab(cells, predicted.drop(columns="random ranking"), fate_of={g: fate_of[g] for g in candidates},
-                     features=features, rank_by="Transcriptformer fate shift", budget=4, n_rounds=3,
-                     n_replicates=30, noise=0.02, seed=SEED)
+features = pd.DataFrame(
+    {
+        "log mean expression": np.log1p(X[:, col].mean(0)),
+        "detection": (X[:, col] > 0).mean(0),
+        "listed as TF": [float(g in tfs) for g in candidates],
+    },
+    index=predicted.index,
+)
+lab = tl.InSilicoLab(
+    cells,
+    predicted.drop(columns="random ranking"),
+    fate_of={g: fate_of[g] for g in candidates},
+    features=features,
+    rank_by="Transcriptformer fate shift",
+    budget=4,
+    n_rounds=3,
+    n_replicates=30,
+    noise=0.02,
+    seed=SEED,
+)
 loop = lab.compare(("adaptive", "fixed", "random"))
 found = loop.pivot(index="round", columns="strategy", values="cumulative_true")
 glue("c12_lab_reps", 30, display=False)
@@ -494,9 +670,15 @@ loop[["strategy", "round", "genes", "n_hits", "n_true", "cumulative_true"]]
 
 # %% mystnb={"image": {"alt": "Line chart of cumulative true regulators found (y) over three rounds of four knockouts (x) for three strategies: adaptive in vermillion, fixed in blue and random in grey. All start from the same first round; the adaptive line rises most steeply and ends highest, random ends lowest."}}
 fig, ax = plt.subplots(figsize=(4.8, 3.2))
-for strat, color in zip(found.columns, (OKABE_ITO["vermillion"], OKABE_ITO["blue"], "#999999")):
+for strat, color in zip(
+    found.columns, (OKABE_ITO["vermillion"], OKABE_ITO["blue"], "#999999")
+):
     ax.plot(found.index, found[strat], marker="o", color=color, label=strat)
-ax.set(xlabel="round (4 knockouts each)", ylabel="true regulators found", xticks=found.index)
+ax.set(
+    xlabel="round (4 knockouts each)",
+    ylabel="true regulators found",
+    xticks=found.index,
+)
 ax.legend(frameon=False)
 plt.tight_layout()
 plt.show()
@@ -548,9 +730,12 @@ plt.show()
 # ````
 
 # %% tags=["hide-input"]
-assert n_by <= n_bh  # BY's adjusted p-values are never below BH's, so it never calls more
-pd.crosstab(calls["role"], [calls["qvalue"] <= 0.1, calls["qvalue_by"] <= 0.1]).rename_axis(
-    columns=["BH call", "BY call"])
+assert (
+    n_by <= n_bh
+)  # BY's adjusted p-values are never below BH's, so it never calls more
+pd.crosstab(
+    calls["role"], [calls["qvalue"] <= 0.1, calls["qvalue_by"] <= 0.1]
+).rename_axis(columns=["BH call", "BY call"])
 
 # %% [markdown]
 # ```{exercise}
@@ -570,14 +755,33 @@ pd.crosstab(calls["role"], [calls["qvalue"] <= 0.1, calls["qvalue_by"] <= 0.1]).
 # ````
 
 # %% tags=["hide-input"]
-alt = pd.concat([stats.test_hypotheses(table[table.gene.isin([g for g in candidates if fate_of[g] == f])], f,
-                                       "decrease", alpha=0.1, n_boot=99, seed=SEED) for f in FATES])
+alt = pd.concat(
+    [
+        stats.test_hypotheses(
+            table[table.gene.isin([g for g in candidates if fate_of[g] == f])],
+            f,
+            "decrease",
+            alpha=0.1,
+            n_boot=99,
+            seed=SEED,
+        )
+        for f in FATES
+    ]
+)
 alt["role"] = v.loc[alt.index, "role"].to_numpy()
-per_reference = pd.DataFrame({"vs random genes": calls[calls.qvalue <= 0.1].groupby("role").size(),
-                              "vs all other genes": alt[alt.verdict == "supported"].groupby("role").size()})
+per_reference = pd.DataFrame(
+    {
+        "vs random genes": calls[calls.qvalue <= 0.1].groupby("role").size(),
+        "vs all other genes": alt[alt.verdict == "supported"].groupby("role").size(),
+    }
+)
 per_reference = per_reference.fillna(0).astype(int)
-assert set(alt.index) == set(candidates)  # every candidate was tested against the other reference
-assert per_reference["vs all other genes"].sum() <= per_reference["vs random genes"].sum()  # the stricter reference
+assert set(alt.index) == set(
+    candidates
+)  # every candidate was tested against the other reference
+assert (
+    per_reference["vs all other genes"].sum() <= per_reference["vs random genes"].sum()
+)  # the stricter reference
 per_reference
 
 # %% [markdown]

@@ -66,7 +66,9 @@ SEED = 0
 SIM_SEED = 11  # chapters 11 and 12's world, which the course checkpoint never saw
 rng = tflib.utils.notebook_setup(SEED)
 torch.set_num_threads(2)
-warnings.filterwarnings("ignore", category=UserWarning, module="tflib")  # the vocabulary-drop notes
+warnings.filterwarnings(
+    "ignore", category=UserWarning, module="tflib"
+)  # the vocabulary-drop notes
 T0 = time.perf_counter()
 
 model, tokenizer = tflib.models.course_checkpoint()
@@ -83,8 +85,10 @@ model, tokenizer = tflib.models.course_checkpoint()
 # (`tl.vocab_labels`, chapter 10) so that the model can read them.
 
 # %%
-sim = tds.simulate(n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0)
-tl.vocab_labels(sim, tokenizer)                                   # writes sim.var["tf_symbol"]
+sim = tds.simulate(
+    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0
+)
+tl.vocab_labels(sim, tokenizer)  # writes sim.var["tf_symbol"]
 truth = tds.true_regulators(sim)
 FATES = list(truth)
 v = sim.var
@@ -109,26 +113,57 @@ with warnings.catch_warnings():
     velo = tl.velocity(sim, min_shared_counts=10, umap=False, seed=SEED, copy=True)
     tl.fates(velo, cluster_key="fate", n_states=4, n_initial=1, n_terminal=3, seed=SEED)
     tl.fate_drivers(velo, n_top=5)
-name = tl.match_terminal_states(velo)["label"].to_dict()          # terminal state -> true fate
+name = tl.match_terminal_states(velo)["label"].to_dict()  # terminal state -> true fate
 P_cr = tl.fate_probs_frame(velo).rename(columns=name).reindex(sim.obs_names)
 sim.obsm["fate_probs_cellrank"] = P_cr[FATES]
 drv = velo.varm["terminal_lineage_drivers"].reindex(sim.var_names)
 sim.varm["terminal_lineage_drivers"] = drv.rename(
-    columns=lambda c: next((f"{name[s]}{c[len(s):]}" for s in name if c.startswith(f"{s}_")), c))
-r_fates = float(np.corrcoef(P_cr[FATES].to_numpy().ravel(), sim.obsm["fate_probs_true"][FATES].to_numpy().ravel())[0, 1])
+    columns=lambda c: next(
+        (f"{name[s]}{c[len(s) :]}" for s in name if c.startswith(f"{s}_")), c
+    )
+)
+r_fates = float(
+    np.corrcoef(
+        P_cr[FATES].to_numpy().ravel(),
+        sim.obsm["fate_probs_true"][FATES].to_numpy().ravel(),
+    )[0, 1]
+)
 glue("c13_r_fates", r_fates, display=False)
 glue("c13_t_cellrank", time.perf_counter() - t0, display=False)
 
 t0 = time.perf_counter()
-fate_cfg = FinetuneConfig(mode="top", n_unfrozen=1, epochs=8, batch_size=32, lr=3e-3, encoder_lr=2e-3, patience=3,
-                          class_weight=None, pooling="cls", calibrate=False, max_len=model.config.max_len, seed=SEED)
-student = tl.TrajectoryAwareTranscriptformer(model, tokenizer, gene_key="tf_symbol", config=fate_cfg)
+fate_cfg = FinetuneConfig(
+    mode="top",
+    n_unfrozen=1,
+    epochs=8,
+    batch_size=32,
+    lr=3e-3,
+    encoder_lr=2e-3,
+    patience=3,
+    class_weight=None,
+    pooling="cls",
+    calibrate=False,
+    max_len=model.config.max_len,
+    seed=SEED,
+)
+student = tl.TrajectoryAwareTranscriptformer(
+    model, tokenizer, gene_key="tf_symbol", config=fate_cfg
+)
 student.fit(sim, P_cr[FATES])
-ko_table = tl.perturb(sim, model, tokenizer, list(v.loc[candidates, "tf_symbol"]), kind="delete",
-                      fate_model=student, cells=list(np.random.default_rng(SEED).choice(sim.obs_names, 200, replace=False)),
-                      encode_kwargs={"gene_key": "tf_symbol"})
+ko_table = tl.perturb(
+    sim,
+    model,
+    tokenizer,
+    list(v.loc[candidates, "tf_symbol"]),
+    kind="delete",
+    fate_model=student,
+    cells=list(np.random.default_rng(SEED).choice(sim.obs_names, 200, replace=False)),
+    encode_kwargs={"gene_key": "tf_symbol"},
+)
 glue("c13_t_student", time.perf_counter() - t0, display=False)
-print(f"CellRank fates vs true fates: r = {r_fates:.2f}; in-silico deletions: {len(ko_table):,} rows")
+print(
+    f"CellRank fates vs true fates: r = {r_fates:.2f}; in-silico deletions: {len(ko_table):,} rows"
+)
 
 # %% [markdown]
 # CellRank's fate probabilities follow the true ones with r = {glue:text}`c13_r_fates:.2f`
@@ -156,12 +191,24 @@ print(f"CellRank fates vs true fates: r = {r_fates:.2f}; in-silico deletions: {l
 
 # %%
 t0 = time.perf_counter()
-ranks = tl.rank_regulators(sim, model=model, tokenizer=tokenizer, fate_key="fate_probs_cellrank",
-                           candidates=candidates, perturb_table=ko_table, gene_key="tf_symbol", seed=SEED)
+ranks = tl.rank_regulators(
+    sim,
+    model=model,
+    tokenizer=tokenizer,
+    fate_key="fate_probs_cellrank",
+    candidates=candidates,
+    perturb_table=ko_table,
+    gene_key="tf_symbol",
+    seed=SEED,
+)
 glue("c13_t_rank", time.perf_counter() - t0, display=False)
-top = ranks[ranks["rank"] <= 3].assign(true=lambda d: [g in truth[f] for f, g in zip(d.fate, d.gene)])
+top = ranks[ranks["rank"] <= 3].assign(
+    true=lambda d: [g in truth[f] for f, g in zip(d.fate, d.gene)]
+)
 top["gene"] = np.where(top["true"], top["gene"] + " ✓", top["gene"])
-top.pivot_table(index=["fate", "rank"], columns="method", values="gene", aggfunc="first")
+top.pivot_table(
+    index=["fate", "rank"], columns="method", values="gene", aggfunc="first"
+)
 
 # %% [markdown]
 # The top three candidates of each method and fate; a ✓ marks a true regulator of that fate.
@@ -181,9 +228,17 @@ for m, x in mean_auc.items():
 glue("c13_best", str(mean_auc.index[0]), display=False)
 glue("c13_worst", str(mean_auc.index[-1]), display=False)
 glue("c13_base_rate", float(scores["base_rate"].mean()), display=False)
-glue("c13_p_drivers", float(scores.loc[scores.method == "drivers", "precision_at_k"].mean()), display=False)
-shown = stats.with_intervals(scores.set_index(["fate", "method"])[["auroc", "auroc_low", "auroc_high", "precision_at_k"]],
-                             ("auroc",))
+glue(
+    "c13_p_drivers",
+    float(scores.loc[scores.method == "drivers", "precision_at_k"].mean()),
+    display=False,
+)
+shown = stats.with_intervals(
+    scores.set_index(["fate", "method"])[
+        ["auroc", "auroc_low", "auroc_high", "precision_at_k"]
+    ],
+    ("auroc",),
+)
 shown["precision_at_k"] = shown["precision_at_k"].astype(float).round(2)
 shown.unstack("fate")
 
@@ -191,9 +246,21 @@ shown.unstack("fate")
 fig, ax = plt.subplots(figsize=(5.6, 3.2))
 grid = scores.pivot(index="method", columns="fate", values="auroc").loc[mean_auc.index]
 im = ax.imshow(grid.to_numpy(), cmap="cividis", vmin=0, vmax=1)
-ax.set(xticks=range(len(grid.columns)), xticklabels=grid.columns, yticks=range(len(grid)), yticklabels=grid.index)
+ax.set(
+    xticks=range(len(grid.columns)),
+    xticklabels=grid.columns,
+    yticks=range(len(grid)),
+    yticklabels=grid.index,
+)
 for (i, j), x in np.ndenumerate(grid.to_numpy()):
-    ax.text(j, i, f"{x:.2f}", ha="center", va="center", color="white" if x < 0.6 else "black")
+    ax.text(
+        j,
+        i,
+        f"{x:.2f}",
+        ha="center",
+        va="center",
+        color="white" if x < 0.6 else "black",
+    )
 fig.colorbar(im, ax=ax, label="AUROC")
 plt.tight_layout()
 plt.show()
@@ -217,15 +284,29 @@ plt.show()
 # knowledge. What happens when we restrict less?
 
 # %%
-everyone = tl.rank_regulators(sim, fate_key="fate_probs_cellrank", methods=("drivers", "coexpression"),
-                              candidates=list(v.index[v.role.isin(["master_tf", "secondary_tf", "decoy_tf", "target",
-                                                                   "housekeeping"])]), key_added="regulators_all")
+everyone = tl.rank_regulators(
+    sim,
+    fate_key="fate_probs_cellrank",
+    methods=("drivers", "coexpression"),
+    candidates=list(
+        v.index[
+            v.role.isin(
+                ["master_tf", "secondary_tf", "decoy_tf", "target", "housekeeping"]
+            )
+        ]
+    ),
+    key_added="regulators_all",
+)
 wide = tl.score_regulators(everyone, truth, k=3, n_boot=200, seed=SEED)
 wide_auc = wide.groupby("method")[["auroc", "precision_at_k"]].mean()
-roles_top = everyone[everyone["rank"] <= 10].assign(role=lambda d: v.loc[d.gene, "role"].to_numpy())
+roles_top = everyone[everyone["rank"] <= 10].assign(
+    role=lambda d: v.loc[d.gene, "role"].to_numpy()
+)
 share_targets = float((roles_top.role == "target").mean())
 glue("c13_all_auc_drivers", float(wide_auc.loc["drivers", "auroc"]), display=False)
-glue("c13_all_p_drivers", float(wide_auc.loc["drivers", "precision_at_k"]), display=False)
+glue(
+    "c13_all_p_drivers", float(wide_auc.loc["drivers", "precision_at_k"]), display=False
+)
 glue("c13_share_targets", 100 * share_targets, display=False)
 glue("c13_n_all", int(everyone.gene.nunique()), display=False)
 wide_auc.round(2)
@@ -263,8 +344,13 @@ wide_auc.round(2)
 
 # %% tags=["remove-cell"]
 gap = float(mean_auc["attention"] - mean_auc["coexpression"])
-glue("c13_att_verdict", "did better than it" if gap > 0.05 else ("did no better" if gap > -0.05 else "did worse"),
-     display=False)
+glue(
+    "c13_att_verdict",
+    "did better than it"
+    if gap > 0.05
+    else ("did no better" if gap > -0.05 else "did worse"),
+    display=False,
+)
 
 # %% [markdown]
 # ## 6 The pancreas: an illustration, not a validation
@@ -283,16 +369,43 @@ panc = tds.load("pancreas")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     pv = tl.velocity(panc, seed=SEED, copy=True)
-    tl.fates(pv, cluster_key="clusters", n_states=5, stability_threshold=0.9, n_initial=1, seed=SEED)
+    tl.fates(
+        pv,
+        cluster_key="clusters",
+        n_states=5,
+        stability_threshold=0.9,
+        n_initial=1,
+        seed=SEED,
+    )
 panc.obsm["fate_probs"] = tl.fate_probs_frame(pv).reindex(panc.obs_names)
-tf_upper = set(tds.tf_symbols())                                  # human TF symbols
+tf_upper = set(tds.tf_symbols())  # human TF symbols
 panc_tfs = [g for g in panc.var_names if g.upper() in tf_upper]
 fates_here = [f for f in ("Alpha", "Beta") if f in panc.obsm["fate_probs"].columns]
-panc_ranks = tl.rank_regulators(panc, model=model, tokenizer=tokenizer, fate_key="fate_probs", fates=fates_here,
-                                candidates=panc_tfs, methods=("attention", "embedding", "drivers", "coexpression"),
-                                seed=SEED)
-KNOWN = {"Neurog3", "Pax4", "Pdx1", "Arx", "Nkx2-2", "Nkx6-1", "Mafb", "Mafa", "Isl1", "Pax6", "Neurod1", "Irx1",
-         "Irx2"}
+panc_ranks = tl.rank_regulators(
+    panc,
+    model=model,
+    tokenizer=tokenizer,
+    fate_key="fate_probs",
+    fates=fates_here,
+    candidates=panc_tfs,
+    methods=("attention", "embedding", "drivers", "coexpression"),
+    seed=SEED,
+)
+KNOWN = {
+    "Neurog3",
+    "Pax4",
+    "Pdx1",
+    "Arx",
+    "Nkx2-2",
+    "Nkx6-1",
+    "Mafb",
+    "Mafa",
+    "Isl1",
+    "Pax6",
+    "Neurod1",
+    "Irx1",
+    "Irx2",
+}
 top10 = panc_ranks[panc_ranks["rank"] <= 8].copy()
 top10["gene"] = np.where(top10.gene.isin(KNOWN), top10.gene + " ★", top10.gene)
 n_known = top10[top10.gene.str.endswith("★")].groupby(["fate", "method"]).size()
@@ -300,7 +413,9 @@ glue("c13_panc_n_tfs", len(panc_tfs), display=False)
 glue("c13_panc_fates", ", ".join(fates_here), display=False)
 glue("c13_t_panc", time.perf_counter() - t0, display=False)
 glue("c13_panc_known_drivers", int(n_known.get(("Beta", "drivers"), 0)), display=False)
-top10.pivot_table(index=["fate", "rank"], columns="method", values="gene", aggfunc="first")
+top10.pivot_table(
+    index=["fate", "rank"], columns="method", values="gene", aggfunc="first"
+)
 
 # %% [markdown]
 # The top eight of {glue:text}`c13_panc_n_tfs` candidate TFs for each method and fate
@@ -346,10 +461,20 @@ top10.pivot_table(index=["fate", "rank"], columns="method", values="gene", aggfu
 # %% tags=["hide-input"]
 sens = {}
 for n in (5, 50):
-    r = tl.rank_regulators(sim, model=model, tokenizer=tokenizer, fate_key="fate_probs_cellrank", candidates=candidates,
-                           methods=("embedding", "coexpression"), gene_key="tf_symbol", n_markers=n,
-                           key_added="regulators_markers")
-    sens[f"{n} markers"] = tl.score_regulators(r, truth, k=3, n_boot=50).groupby("method")["auroc"].mean()
+    r = tl.rank_regulators(
+        sim,
+        model=model,
+        tokenizer=tokenizer,
+        fate_key="fate_probs_cellrank",
+        candidates=candidates,
+        methods=("embedding", "coexpression"),
+        gene_key="tf_symbol",
+        n_markers=n,
+        key_added="regulators_markers",
+    )
+    sens[f"{n} markers"] = (
+        tl.score_regulators(r, truth, k=3, n_boot=50).groupby("method")["auroc"].mean()
+    )
 sens = pd.DataFrame(sens)
 assert sens.notna().all().all() and ((sens >= 0) & (sens <= 1)).all().all()
 glue("c13_coexp_5", float(sens.loc["coexpression", "5 markers"]), display=False)
@@ -377,13 +502,23 @@ sens.round(2)
 # ````
 
 # %% tags=["hide-input"]
-sim.varm.pop("terminal_lineage_drivers")                         # recompute the statistic on the true fates
-true_fate_drivers = tl.rank_regulators(sim, fate_key="fate_probs_true", candidates=candidates, methods=("drivers",),
-                                       key_added="regulators_true_fates")
-auc_true = float(tl.score_regulators(true_fate_drivers, truth, k=3, n_boot=50)["auroc"].mean())
+sim.varm.pop("terminal_lineage_drivers")  # recompute the statistic on the true fates
+true_fate_drivers = tl.rank_regulators(
+    sim,
+    fate_key="fate_probs_true",
+    candidates=candidates,
+    methods=("drivers",),
+    key_added="regulators_true_fates",
+)
+auc_true = float(
+    tl.score_regulators(true_fate_drivers, truth, k=3, n_boot=50)["auroc"].mean()
+)
 glue("c13_auc_drivers_true", auc_true, display=False)
 assert 0 <= auc_true <= 1
-pd.Series({"CellRank fates": float(mean_auc["drivers"]), "true fates": auc_true}, name="drivers, mean AUROC").round(2)
+pd.Series(
+    {"CellRank fates": float(mean_auc["drivers"]), "true fates": auc_true},
+    name="drivers, mean AUROC",
+).round(2)
 
 # %% [markdown]
 # ## Quiz

@@ -92,12 +92,17 @@ T0 = time.perf_counter()
 # batches at random.
 
 # %%
-sim = tds.simulate(n_cells=1200, n_genes=200, n_fates=2, n_batches=2, seed=14, batch_log_sd=0.3)
+sim = tds.simulate(
+    n_cells=1200, n_genes=200, n_fates=2, n_batches=2, seed=14, batch_log_sd=0.3
+)
 FATES = list(sim.obsm["fate_probs_true"].columns)
 truth = sim.obsm["fate_probs_true"]
 order = np.random.default_rng(SEED).permutation(sim.n_obs)
 pool, test = sim.obs_names[order[:720]], sim.obs_names[order[720:]]
-MAJOR = {FATES[0]: "batch0", FATES[1]: "batch1"}  # the batch each fate is over-sampled from
+MAJOR = {
+    FATES[0]: "batch0",
+    FATES[1]: "batch1",
+}  # the batch each fate is over-sampled from
 N_PER_FATE = 120
 
 
@@ -107,8 +112,14 @@ def training_set(frac_major, seed=SEED):
     for fate, major in MAJOR.items():
         cells = obs[obs.lineage == fate]
         n_major = int(round(frac_major * N_PER_FATE))
-        keep += list(r.choice(cells.index[cells.batch == major], n_major, replace=False))
-        keep += list(r.choice(cells.index[cells.batch != major], N_PER_FATE - n_major, replace=False))
+        keep += list(
+            r.choice(cells.index[cells.batch == major], n_major, replace=False)
+        )
+        keep += list(
+            r.choice(
+                cells.index[cells.batch != major], N_PER_FATE - n_major, replace=False
+            )
+        )
     return sim[keep].copy()
 
 
@@ -116,10 +127,19 @@ cells = sim[test].copy()
 with_grain = (cells.obs.batch == cells.obs.lineage.map(MAJOR)).to_numpy()
 rows, p_fate_a = {}, {}
 for design, frac in (("balanced", 0.5), ("confounded", 0.9)):
-    model = tl.pca_logreg(training_set(frac), "lineage", n_top_genes=200, n_pcs=20, class_weight=None, seed=SEED)
+    model = tl.pca_logreg(
+        training_set(frac),
+        "lineage",
+        n_top_genes=200,
+        n_pcs=20,
+        class_weight=None,
+        seed=SEED,
+    )
     p_a = model.predict_proba(cells)[:, list(model.classes_).index(FATES[0])]
     right = model.predict(cells) == cells.obs.lineage.to_numpy()
-    p_fate_a[design] = pd.Series(p_a, index=cells.obs_names).groupby(cells.obs.batch.to_numpy()).mean()
+    p_fate_a[design] = (
+        pd.Series(p_a, index=cells.obs_names).groupby(cells.obs.batch.to_numpy()).mean()
+    )
     rows[design] = {
         "P(fate A), batch 0": p_fate_a[design]["batch0"],
         "P(fate A), batch 1": p_fate_a[design]["batch1"],
@@ -128,14 +148,33 @@ for design, frac in (("balanced", 0.5), ("confounded", 0.9)):
         "accuracy, batch against the skew": right[~with_grain].mean(),
     }
 true_pa = truth.loc[test, FATES[0]].groupby(cells.obs.batch.to_numpy()).mean()
-rows["truth"] = {"P(fate A), batch 0": true_pa["batch0"], "P(fate A), batch 1": true_pa["batch1"]}
+rows["truth"] = {
+    "P(fate A), batch 0": true_pa["batch0"],
+    "P(fate A), batch 1": true_pa["batch1"],
+}
 bias = pd.DataFrame(rows).T
 for design in ("balanced", "confounded"):
     short = design[:4]
-    glue(f"c14_gap_{short}", abs(float(p_fate_a[design]["batch0"] - p_fate_a[design]["batch1"])), display=False)
-    glue(f"c14_acc_{short}", float(rows[design]["accuracy, all test cells"]), display=False)
-    glue(f"c14_acc_with_{short}", float(rows[design]["accuracy, batch matches the skew"]), display=False)
-    glue(f"c14_acc_against_{short}", float(rows[design]["accuracy, batch against the skew"]), display=False)
+    glue(
+        f"c14_gap_{short}",
+        abs(float(p_fate_a[design]["batch0"] - p_fate_a[design]["batch1"])),
+        display=False,
+    )
+    glue(
+        f"c14_acc_{short}",
+        float(rows[design]["accuracy, all test cells"]),
+        display=False,
+    )
+    glue(
+        f"c14_acc_with_{short}",
+        float(rows[design]["accuracy, batch matches the skew"]),
+        display=False,
+    )
+    glue(
+        f"c14_acc_against_{short}",
+        float(rows[design]["accuracy, batch against the skew"]),
+        display=False,
+    )
 glue("c14_gap_true", abs(float(true_pa["batch0"] - true_pa["batch1"])), display=False)
 # the prose below says the confounded model favours fate A in batch 0, its over-sampled batch
 assert p_fate_a["confounded"]["batch0"] > p_fate_a["confounded"]["batch1"]
@@ -146,11 +185,23 @@ bias.round(3)
 # %%
 fig, ax = plt.subplots(figsize=(5.2, 3.0))
 x = np.arange(3)
-for k, (b, color) in enumerate((("batch0", OKABE_ITO["orange"]), ("batch1", OKABE_ITO["blue"]))):
+for k, (b, color) in enumerate(
+    (("batch0", OKABE_ITO["orange"]), ("batch1", OKABE_ITO["blue"]))
+):
     vals = [true_pa[b], p_fate_a["balanced"][b], p_fate_a["confounded"][b]]
-    ax.bar(x + (k - 0.5) * 0.36, vals, width=0.36, color=color, label=b.replace("batch", "batch "))
-ax.set(xticks=x, xticklabels=["truth", "balanced\ntraining", "confounded\ntraining"],
-       ylabel="mean P(fate A), test cells", ylim=(0, 1))
+    ax.bar(
+        x + (k - 0.5) * 0.36,
+        vals,
+        width=0.36,
+        color=color,
+        label=b.replace("batch", "batch "),
+    )
+ax.set(
+    xticks=x,
+    xticklabels=["truth", "balanced\ntraining", "confounded\ntraining"],
+    ylabel="mean P(fate A), test cells",
+    ylim=(0, 1),
+)
 ax.axhline(0.5, color="#999999", lw=0.8, ls=":")
 ax.legend(frameon=False, ncols=2, loc="upper left")
 plt.tight_layout()
@@ -205,15 +256,27 @@ plt.close(fig)
 # harmonisation table.
 
 # %%
-query = tds.load("kang_pbmc")          # scheme A: 13 labels, raw counts
+query = tds.load("kang_pbmc")  # scheme A: 13 labels, raw counts
 reference = tds.load("kang_scgen_valid")  # scheme B: 7 labels, log-normalised X
 cond = {"CTRL": "control", "STIM": "stimulated"}
-key_a = pd.Index([f"{n.split('.')[0]}|{cond[s]}" for n, s in zip(query.obs_names, query.obs.stim.astype(str))])
-key_b = pd.Index([f"{n.split('-')[0]}|{c}" for n, c in zip(reference.obs_names, reference.obs.condition.astype(str))])
+key_a = pd.Index(
+    [
+        f"{n.split('.')[0]}|{cond[s]}"
+        for n, s in zip(query.obs_names, query.obs.stim.astype(str))
+    ]
+)
+key_b = pd.Index(
+    [
+        f"{n.split('-')[0]}|{c}"
+        for n, c in zip(reference.obs_names, reference.obs.condition.astype(str))
+    ]
+)
 shared = key_a.intersection(key_b)
 label_a = pd.Series(query.obs.cell_type.astype(str).to_numpy(), index=key_a)
 label_b = pd.Series(reference.obs.cell_type.astype(str).to_numpy(), index=key_b)
-both = pd.crosstab(label_a.loc[shared].rename("scheme A"), label_b.loc[shared].rename("scheme B"))
+both = pd.crosstab(
+    label_a.loc[shared].rename("scheme A"), label_b.loc[shared].rename("scheme B")
+)
 glue("c14_n_shared", int(len(shared)), display=False)
 both
 
@@ -228,21 +291,37 @@ both
 
 # %%
 HARMONISED = {  # scheme A label -> (scheme B label or None, harmonised label)
-    "B": ("B", "B cell"), "B Activated": ("B", "B cell"),
-    "CD14 Mono": ("CD14+Mono", "CD14 monocyte"), "CD16 Mono": ("FCGR3A+Mono", "CD16 monocyte"),
-    "CD4 Naive T": ("CD4T", "CD4 T cell"), "CD4 Memory T": ("CD4T", "CD4 T cell"),
-    "CD8 T": ("CD8T", "CD8 T cell"), "NK": ("NK", "NK cell"),
-    "DC": ("Dendritic", "dendritic cell"), "pDC": ("Dendritic", "dendritic cell"),
-    "T activated": (None, "unresolved"), "Mk": (None, "unresolved"), "Eryth": (None, "unresolved"),
+    "B": ("B", "B cell"),
+    "B Activated": ("B", "B cell"),
+    "CD14 Mono": ("CD14+Mono", "CD14 monocyte"),
+    "CD16 Mono": ("FCGR3A+Mono", "CD16 monocyte"),
+    "CD4 Naive T": ("CD4T", "CD4 T cell"),
+    "CD4 Memory T": ("CD4T", "CD4 T cell"),
+    "CD8 T": ("CD8T", "CD8 T cell"),
+    "NK": ("NK", "NK cell"),
+    "DC": ("Dendritic", "dendritic cell"),
+    "pDC": ("Dendritic", "dendritic cell"),
+    "T activated": (None, "unresolved"),
+    "Mk": (None, "unresolved"),
+    "Eryth": (None, "unresolved"),
 }
-from_b = {b: h for b, h in HARMONISED.values() if b is not None}  # scheme B label -> harmonised label
+from_b = {
+    b: h for b, h in HARMONISED.values() if b is not None
+}  # scheme B label -> harmonised label
 harmonise = []
 for a, (b, h) in HARMONISED.items():
     n = int(both.loc[a].sum()) if a in both.index else 0
     agree = int(both.loc[a, b]) if (n and b in both.columns) else 0
     top_b = both.loc[a].idxmax() if n else "-"
-    harmonise.append({"scheme A": a, "scheme B": b or "(none)", "harmonised": h, "shared cells": n,
-                      "agree": f"{agree}/{n}" if b else f"most: {top_b}" if n else "-"})
+    harmonise.append(
+        {
+            "scheme A": a,
+            "scheme B": b or "(none)",
+            "harmonised": h,
+            "shared cells": n,
+            "agree": f"{agree}/{n}" if b else f"most: {top_b}" if n else "-",
+        }
+    )
 harmonise = pd.DataFrame(harmonise).set_index("scheme A")
 mono = both.loc["CD14 Mono"]
 glue("c14_mono_shared", int(mono.sum()), display=False)
@@ -281,8 +360,14 @@ glue("c14_harm_acc", 100 * harm_acc, display=False)
 glue("c14_n_resolved", int(resolved.sum()), display=False)
 glue("c14_n_missing", int(missing.sum()), display=False)
 glue("c14_missing_conf", float(conf[missing].median()), display=False)
-glue("c14_cd14_as_cd16", 100 * float((pred_b[true_a == "CD14 Mono"] == "FCGR3A+Mono").mean()), display=False)
-recall = tl.per_class_recall(true_h[resolved].to_numpy(), pred_h[resolved].to_numpy(), n_boot=200, seed=SEED)
+glue(
+    "c14_cd14_as_cd16",
+    100 * float((pred_b[true_a == "CD14 Mono"] == "FCGR3A+Mono").mean()),
+    display=False,
+)
+recall = tl.per_class_recall(
+    true_h[resolved].to_numpy(), pred_h[resolved].to_numpy(), n_boot=200, seed=SEED
+)
 recall.round(3)
 
 # %%
@@ -353,18 +438,34 @@ plt.close(fig)
 X = sim.X.toarray() if sp.issparse(sim.X) else np.asarray(sim.X)
 lognorm = np.log1p(X / X.sum(axis=1, keepdims=True) * 1e4)
 p_a = truth[FATES[0]].to_numpy()
-corr = pd.Series([np.corrcoef(lognorm[:, j], p_a)[0, 1] if lognorm[:, j].std() > 0 else 0.0
-                  for j in range(sim.n_vars)], index=sim.var_names)
-regulators = sorted({g for genes_f in tds.true_regulators(sim).values() for g in genes_f})
+corr = pd.Series(
+    [
+        np.corrcoef(lognorm[:, j], p_a)[0, 1] if lognorm[:, j].std() > 0 else 0.0
+        for j in range(sim.n_vars)
+    ],
+    index=sim.var_names,
+)
+regulators = sorted(
+    {g for genes_f in tds.true_regulators(sim).values() for g in genes_f}
+)
 top = list(corr.abs().sort_values(ascending=False).index[:20])
 early = sim[sim.obs_names[(sim.obs.pseudotime < 0.2).to_numpy()][:150]].copy()
 effect = {}
 for g in dict.fromkeys(top + regulators):
     shift = tds.knockout(early, g, n_futures=10, seed=SEED)
-    effect[g] = float(shift.abs().sum(axis=1).mean() / 2)  # mean probability mass moved between fates
-causal = pd.DataFrame({"role": sim.var.loc[list(effect), "role"], "correlation": corr[list(effect)],
-                       "|correlation| rank": corr.abs().rank(ascending=False)[list(effect)].astype(int),
-                       "true knockout effect": pd.Series(effect)}).sort_values("|correlation| rank")
+    effect[g] = float(
+        shift.abs().sum(axis=1).mean() / 2
+    )  # mean probability mass moved between fates
+causal = pd.DataFrame(
+    {
+        "role": sim.var.loc[list(effect), "role"],
+        "correlation": corr[list(effect)],
+        "|correlation| rank": corr.abs()
+        .rank(ascending=False)[list(effect)]
+        .astype(int),
+        "true knockout effect": pd.Series(effect),
+    }
+).sort_values("|correlation| rank")
 causal["causal"] = causal["true knockout effect"] > 0.02
 top_tab = causal.loc[top]
 first = top_tab.index[0]
@@ -375,22 +476,41 @@ glue("c14_top_effect", float(top_tab.loc[first, "true knockout effect"]), displa
 glue("c14_n_top_causal", int(top_tab["causal"].sum()), display=False)
 glue("c14_n_top", len(top), display=False)
 glue("c14_n_early", int(early.n_obs), display=False)
-best_reg = causal.loc[regulators].sort_values("true knockout effect", ascending=False).index[0]
+best_reg = (
+    causal.loc[regulators].sort_values("true knockout effect", ascending=False).index[0]
+)
 glue("c14_reg_gene", best_reg, display=False)
 glue("c14_reg_rank", int(causal.loc[best_reg, "|correlation| rank"]), display=False)
-glue("c14_reg_effect", float(causal.loc[best_reg, "true knockout effect"]), display=False)
+glue(
+    "c14_reg_effect", float(causal.loc[best_reg, "true knockout effect"]), display=False
+)
 causal.head(12).round(3)
 
 # %%
-ROLE_COLOR = {"master_tf": OKABE_ITO["vermillion"], "secondary_tf": OKABE_ITO["orange"],
-              "decoy_tf": OKABE_ITO["sky_blue"], "target": OKABE_ITO["blue"],
-              "housekeeping": "#999999", "progenitor_tf": OKABE_ITO["purple"]}
+ROLE_COLOR = {
+    "master_tf": OKABE_ITO["vermillion"],
+    "secondary_tf": OKABE_ITO["orange"],
+    "decoy_tf": OKABE_ITO["sky_blue"],
+    "target": OKABE_ITO["blue"],
+    "housekeeping": "#999999",
+    "progenitor_tf": OKABE_ITO["purple"],
+}
 fig, ax = plt.subplots(figsize=(5.2, 3.4))
 for role, part in causal.groupby("role"):
-    ax.scatter(part["correlation"].abs(), part["true knockout effect"], s=28, color=ROLE_COLOR.get(role, "k"),
-               label=role.replace("_", " "), edgecolor="white", linewidth=0.5)
+    ax.scatter(
+        part["correlation"].abs(),
+        part["true knockout effect"],
+        s=28,
+        color=ROLE_COLOR.get(role, "k"),
+        label=role.replace("_", " "),
+        edgecolor="white",
+        linewidth=0.5,
+    )
 ax.axhline(0.02, color="#999999", lw=0.8, ls=":")
-ax.set(xlabel="|correlation with P(fate A)|", ylabel="true knockout effect\n(probability moved)")
+ax.set(
+    xlabel="|correlation with P(fate A)|",
+    ylabel="true knockout effect\n(probability moved)",
+)
 ax.legend(frameon=False, fontsize=8, loc="upper left")
 plt.tight_layout()
 glue("c14_fig_causal", fig, display=False)
@@ -456,10 +576,14 @@ from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 small = dict(n_cells=300, n_genes=100, n_fates=2, n_batches=1)
 run1, run2 = tds.simulate(seed=5, **small), tds.simulate(seed=5, **small)
 run3 = tds.simulate(seed=6, **small)
-same_seed = (run1.X != run2.X).nnz == 0 and run1.obsm["fate_probs_true"].equals(run2.obsm["fate_probs_true"])
+same_seed = (run1.X != run2.X).nnz == 0 and run1.obsm["fate_probs_true"].equals(
+    run2.obsm["fate_probs_true"]
+)
 other_seed = int((run1.X != run3.X).nnz)
 
-warnings.filterwarnings("ignore", category=UserWarning, module="tflib")  # the vocabulary-drop notes
+warnings.filterwarnings(
+    "ignore", category=UserWarning, module="tflib"
+)  # the vocabulary-drop notes
 model, tokenizer = tflib.models.course_checkpoint()
 pbmc = query[np.random.default_rng(SEED).choice(query.n_obs, 300, replace=False)].copy()
 emb, seconds = {}, {}
@@ -482,18 +606,36 @@ def neighbours(E, k=10):
 
 nn1, nn2 = neighbours(one), neighbours(two)
 overlap = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nn1, nn2)]))
-knn_acc = {k: float((KNeighborsClassifier(15).fit(E[is_train], labels[is_train]).predict(E[~is_train])
-                     == labels[~is_train]).mean()) for k, E in (("1 thread", one), ("2 threads", two))}
-repro = pd.Series({
-    "same seed, same simulated counts and fate probabilities": "yes" if same_seed else "NO",
-    "different seed: count entries that differ": f"{other_seed:,}",
-    "1 thread, run twice: embeddings bit-identical": "yes" if np.array_equal(one, again) else "no",
-    "1 vs 2 threads: embeddings bit-identical": "yes" if np.array_equal(one, two) else "no",
-    "1 vs 2 threads: largest absolute difference": f"{float(np.abs(one - two).max()):.1e}",
-    "1 vs 2 threads: mean |embedding value|": f"{float(np.abs(one).mean()):.2f}",
-    "1 vs 2 threads: shared nearest neighbours (of 10)": f"{10 * overlap:.1f}",
-    "kNN cell-type accuracy, 1 thread / 2 threads": f"{knn_acc['1 thread']:.3f} / {knn_acc['2 threads']:.3f}",
-}, name="result").to_frame()
+knn_acc = {
+    k: float(
+        (
+            KNeighborsClassifier(15)
+            .fit(E[is_train], labels[is_train])
+            .predict(E[~is_train])
+            == labels[~is_train]
+        ).mean()
+    )
+    for k, E in (("1 thread", one), ("2 threads", two))
+}
+repro = pd.Series(
+    {
+        "same seed, same simulated counts and fate probabilities": "yes"
+        if same_seed
+        else "NO",
+        "different seed: count entries that differ": f"{other_seed:,}",
+        "1 thread, run twice: embeddings bit-identical": "yes"
+        if np.array_equal(one, again)
+        else "no",
+        "1 vs 2 threads: embeddings bit-identical": "yes"
+        if np.array_equal(one, two)
+        else "no",
+        "1 vs 2 threads: largest absolute difference": f"{float(np.abs(one - two).max()):.1e}",
+        "1 vs 2 threads: mean |embedding value|": f"{float(np.abs(one).mean()):.2f}",
+        "1 vs 2 threads: shared nearest neighbours (of 10)": f"{10 * overlap:.1f}",
+        "kNN cell-type accuracy, 1 thread / 2 threads": f"{knn_acc['1 thread']:.3f} / {knn_acc['2 threads']:.3f}",
+    },
+    name="result",
+).to_frame()
 glue("c14_same_seed", "yes" if same_seed else "no", display=False)
 glue("c14_other_seed", other_seed, display=False)
 glue("c14_thread_diff", float(np.abs(one - two).max()), display=False)
@@ -502,8 +644,12 @@ glue("c14_knn_1", knn_acc["1 thread"], display=False)
 glue("c14_knn_2", knn_acc["2 threads"], display=False)
 glue("c14_t_embed_1", float(seconds["1 thread"]), display=False)
 glue("c14_t_embed_2", float(seconds["2 threads"]), display=False)
-assert same_seed and other_seed > 0, "the simulator is no longer deterministic in its seed"
-assert knn_acc["1 thread"] == knn_acc["2 threads"], "the thread count changed a conclusion"
+assert same_seed and other_seed > 0, (
+    "the simulator is no longer deterministic in its seed"
+)
+assert knn_acc["1 thread"] == knn_acc["2 threads"], (
+    "the thread count changed a conclusion"
+)
 repro
 
 # %% [markdown]
