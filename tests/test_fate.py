@@ -480,3 +480,23 @@ def test_gapped_pancreas_warns_that_beta_absorbs_other_endocrine_types():
     assert "clusters_absorbed_by_other_state" in info["warnings"]
     assert {c: info["absorbed_clusters"][c] for c in ("Alpha", "Delta", "Epsilon")} == dict.fromkeys(
         ("Alpha", "Delta", "Epsilon"), "Beta")
+
+
+def test_overlapping_initial_and_terminal_cells_name_a_fix_that_works():
+    # the dentate gyrus subset (200 cells): with n_cells=30 a small terminal macrostate borrows
+    # cells of the initial one and CellRank refuses; the suggested smaller n_cells runs
+    from tflib.tl.fate_checks import translate_cellrank_error
+
+    err = ValueError("Found `3` overlapping cells between initial and terminal states. If this is intended, "
+                     "please use `allow_overlap=True`.")
+    new = translate_cellrank_error(err, n_cells=30, cluster_key=None, n_states=6)
+    assert isinstance(new, ValueError) and "n_cells=10" in str(new) and "n_initial=0" in str(new)
+    dg = tflib.datasets.load("dentategyrus")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tflib.tl.velocity(dg, seed=0, check_counts=False)  # its layers are scaled per cell, not raw
+        settings = dict(cluster_key="clusters", n_states=6, n_initial=1, n_terminal=3, seed=0)
+        with pytest.raises(ValueError, match=r"Fix: a smaller n_cells \(e\.g\. n_cells=10\)"):
+            tflib.tl.fates(dg.copy(), **settings)
+        tflib.tl.fates(dg, n_cells=10, **settings)                       # the fix the message names
+    assert dg.obsm["fate_probs"].shape == (dg.n_obs, 3)

@@ -253,3 +253,18 @@ def test_bad_input_is_refused_and_leaves_adata_unchanged(world, kwargs, err, mat
         tl.rank_regulators(a, **kw)
     assert_unchanged(a, before)
     assert "regulators" not in a.uns
+
+
+def test_attention_on_normalised_values_names_the_counts_layer(world):
+    sim, model, tok = world
+    a = _fresh(sim)
+    a.layers["counts"] = a.X.copy()
+    a.X = a.X.astype(np.float32)
+    a.X.data = np.log1p(a.X.data)                                     # what tl.velocity leaves in X
+    before = a.copy()
+    with pytest.raises(ValueError, match=r"non-integer values.*layer='counts'"):
+        tl.rank_regulators(a, model=model, tokenizer=tok, fate_key="fate_probs_true", methods=("attention",))
+    assert "regulators" not in a.uns and (a.X != before.X).nnz == 0
+    out = tl.rank_regulators(a, model=model, tokenizer=tok, fate_key="fate_probs_true", methods=("attention",),
+                             layer="counts")                          # the fix the message names
+    assert out["score"].notna().any()

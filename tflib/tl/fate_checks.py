@@ -257,6 +257,12 @@ def translate_cellrank_error(err: Exception, *, n_cells, cluster_key, n_states):
             f"cluster_key={cluster_key!r} is not usable as clusters (CellRank: {msg}). Fix: pass a categorical "
             "column of adata.obs as cluster_key, or cluster_key=None."
         )
+    if "overlapping cells between initial and terminal states" in msg:
+        return ValueError(
+            f"CellRank picked some of the same cells for an initial and a terminal state ({msg}). Each state "
+            f"takes the n_cells={n_cells} cells most attached to its macrostate, so a small macrostate borrows "
+            f"its neighbours' cells. Fix: a smaller n_cells (e.g. n_cells={max(n_cells // 3, 5)}), or n_initial=0."
+        )
     if "Discretizing leads to a cluster" in msg:
         return ValueError(
             f"GPCCA could not form n_states={n_states} macrostates of n_cells={n_cells} cells each ({msg}). "

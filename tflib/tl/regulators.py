@@ -119,6 +119,17 @@ def _check(adata, model, tokenizer, fate_key, fates, candidates, methods, pertur
                        "tflib.tl.vocab_labels(adata, tokenizer) (writes 'tf_symbol') or pass gene_key=None.")
     if layer is not None:
         layer_matrix(adata, layer)
+    if "attention" in methods and model is not None:
+        M = layer_matrix(adata, layer) if layer is not None else adata.X
+        vals = M.data if sp.issparse(M) else np.asarray(M)                       # every stored value
+        n_bad = int((vals != np.round(vals)).sum())
+        if n_bad:
+            where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+            raise ValueError(
+                f"method 'attention' tokenizes the cells, which needs raw counts, but {where} has {n_bad:,} "
+                "non-integer values. After tl.velocity, X is log-normalised and the spliced/unspliced layers "
+                "are scaled. Fix: keep the counts before normalising (adata.layers['counts'] = adata.X.copy()) "
+                "and pass layer='counts', or leave 'attention' out.")
     if "knockout" in methods:
         if perturb_table is None:
             raise ValueError("method 'knockout' needs perturb_table= (the output of tl.perturb(..., kind='delete', "
