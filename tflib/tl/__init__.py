@@ -75,6 +75,13 @@ _EXPORTS: dict[str, str] = {
     "rank_regulators": "regulators",
     "score_regulators": "regulators",
     "attention_received": "attention",
+    "save_artifact": "chain",
+    "load_or_build": "chain",
+    "describe_call": "chain",
+    "pancreas_velocity": "chain",
+    "pancreas_fates": "chain",
+    "world_velocity": "chain",
+    "cellrank_world": "chain",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -113,6 +113,10 @@ class TrajectoryAwareTranscriptformer:
         2e-4) were still far from converged; 15 epochs at 2e-3 / 1e-3 were only slightly more
         accurate (mean absolute error against the truth 0.152 vs 0.159) at twice the cost, and
         64 tokens were as accurate as 128, so chapter 10 fits its 2.5-minute budget.
+    max_len, epochs, seed
+        Override the config's context length, epochs and seed (``None``: keep them). Chapters 11--13
+        keep the default recipe and read the model's full context:
+        ``max_len=model.config.max_len``.
     layer, gene_key, species, input
         How cells are tokenized (``tokenizer.encode`` arguments): counts in ``X`` by default.
 
@@ -123,15 +127,21 @@ class TrajectoryAwareTranscriptformer:
     >>> ta.predict_fates(raw[test])                                          # doctest: +SKIP
     """
 
-    def __init__(self, model, tokenizer, *, config=None, layer: str | None = None, gene_key: str | None = None,
+    def __init__(self, model, tokenizer, *, config=None, max_len: int | None = None,
+                 epochs: int | None = None, seed: int | None = None, layer: str | None = None, gene_key: str | None = None,
                  species: str = "auto", input: str = "counts"):
+        import dataclasses
+
         from tflib.train import FinetuneConfig
 
         _check_pair(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
-        self.config = config if config is not None else FinetuneConfig(
+        config = config if config is not None else FinetuneConfig(
             mode="top", n_unfrozen=1, epochs=8, batch_size=32, lr=3e-3, encoder_lr=2e-3, patience=3,
             class_weight=None, pooling="cls", calibrate=False, max_len=64, seed=0, device=None)
+        overrides = {k: v for k, v in (("max_len", max_len), ("epochs", epochs), ("seed", seed))
+                     if v is not None}
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.encode_kwargs = {"layer": layer, "gene_key": gene_key, "species": species, "input": input}
         self.result = None
 
