@@ -57,6 +57,7 @@ from sklearn.metrics import adjusted_rand_score
 import tflib
 import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
+from tflib.utils import round_sig
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
@@ -81,15 +82,6 @@ TOL_13 = [
     "#000000",
 ]
 STIM_COLOURS = [OKABE_ITO["blue"], OKABE_ITO["orange"]]
-
-
-def sig3(table):
-    """Display copy of a table with every float rounded to 3 significant digits."""
-    return table.apply(
-        lambda col: (
-            col.map(lambda x: float(f"{x:.3g}")) if col.dtype.kind == "f" else col
-        )
-    )
 
 
 # %% [markdown]
@@ -236,7 +228,7 @@ print(
 )
 assert adata.var["mt"].sum() == 0  # removed by the packagers, as the card says
 np.testing.assert_array_equal(adata.obs["total_counts"], adata.obs["nCount_RNA"])
-sig3(adata.obs[["total_counts", "n_genes_by_counts", "pct_counts_ribo"]].describe())
+round_sig(adata.obs[["total_counts", "n_genes_by_counts", "pct_counts_ribo"]].describe())
 
 
 # %% [markdown]
@@ -476,7 +468,7 @@ isg = pd.DataFrame(
 isg_means = isg.groupby(["cell_type", "stim"], observed=True)["ISG15"].mean().unstack()
 both = isg_means.dropna()  # erythrocytes occur only among the stimulated cells
 assert (both["STIM"] - both["CTRL"] > 2).all()
-sig3(isg_means)
+round_sig(isg_means)
 
 # %% [markdown]
 # ## 8 A teaser for chapter 08: spliced and unspliced counts

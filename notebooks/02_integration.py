@@ -73,6 +73,7 @@ import tflib
 import tflib.datasets as tds
 import tflib.stats as stats
 import tflib.tl as tl
+from tflib.utils import round_sig
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
@@ -111,15 +112,6 @@ TOL_13 = [
     "#000000",
 ]
 STIM_COLOURS = ["#0072B2", "#E69F00"]
-
-
-def sig3(table):
-    """Display copy of a table with every float rounded to 3 significant digits."""
-    return table.apply(
-        lambda col: (
-            col.map(lambda x: float(f"{x:.3g}")) if col.dtype.kind == "f" else col
-        )
-    )
 
 
 # %% [markdown]
@@ -251,7 +243,7 @@ plt.show()
 metrics = tl.integration_metrics(
     adata, ["X_pca", "X_scvi"], batch_key="stim", label_key="cell_type", seed=SEED
 )
-sig3(metrics)
+round_sig(metrics)
 
 # %%
 for emb in metrics.index:
@@ -468,7 +460,7 @@ recall["pca_knn"] = (
     .mean()
 )
 recall = recall.rename(columns={"low": "recall_low", "high": "recall_high"})
-stats.with_intervals(sig3(recall), metrics=["recall"])
+stats.with_intervals(round_sig(recall), metrics=["recall"])
 
 # %% [markdown]
 # **Table 3.** Recall per query cell type after scArches-style mapping (with its 95 %

@@ -419,26 +419,37 @@ plt.show()
 # pseudotime increases along each. The two batches mix, as they should when batch effects are
 # small and independent of biology.*
 #
-# ### Which world each later chapter uses
+# ### Which world each later chapter uses, and what the chapters pass on
 #
 # The world is saved to `_artifacts/03_world.h5ad`, for the exercises below and for your own
 # experiments; the knockouts of section 7 run on the copy read back from disk, which shows that
-# they need nothing from this Python session. **No later chapter reads this file.** Each one
-# rebuilds a smaller world with the same function, because the course size would not fit the
-# chapters' three-minute budget once velocity, fate mapping or a transformer runs on top of it.
-# The same call always gives the same world, so each chapter states its call:
+# they need nothing from this Python session. **No later chapter reads this file**, because
+# the course size would not fit the three-minute budget of a chapter that runs velocity, fate
+# mapping or a transformer on top of it. The later chapters use smaller worlds, and they pass
+# them on: a chapter that computes something the next one needs saves it in `_artifacts/`
+# through `tflib.tl.save_artifact`, which records the call that made it inside the file. The
+# next chapter calls `tflib.tl.load_or_build` with the same call: it reads the file when the
+# recorded call matches, and otherwise runs the call itself (the file is then left as it is).
+# It prints which of the two happened. So every chapter also runs on its own, and gets the
+# same numbers whether or not the chapters before it ran.
 #
-# | chapters | world | call |
+# | chapter | saves in `_artifacts/` (the recorded call) | loads, or rebuilds with the same call |
 # |---|---|---|
-# | 06 (pretraining corpus) | 1,000 cells per seed, seeds 0, 101, 102 | `simulate(n_cells=1000, seed=s)`, in `tflib.train.corpus` |
-# | 08, 09 | 600 cells × 300 genes, 1 batch | `tds.simulate(n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=0, library_size=3.0)` |
-# | 10 | 500 cells × 300 genes, 1 batch | the same with `n_cells=500, seed=1` |
-# | 11, 12, 13 | 600 cells × 300 genes, 1 batch | the same with `seed=11` |
-# | 12 (pseudobulk) | a null world, 800 × 250, 8 batches | `tds.simulate(n_cells=800, n_genes=250, n_fates=3, n_batches=8, seed=5, batch_log_sd=0.3)` |
+# | 06 | its toy pretraining runs, `06_toy_run*/` | its corpus: `simulate(n_cells=1000, seed=s)` for seeds 0, 101, 102 (`tflib.train.corpus`) |
+# | 07 | – | chapter 02's `02_kang_integrated.h5ad` (scVI and PCA of Kang) |
+# | 08 | `08_pancreas_velocity.h5ad` (`tl.pancreas_velocity(seed=0)`), `08_world_velocity.h5ad` (`tl.world_velocity(world_seed=0, seed=0)`: 600 cells × 300 genes, 1 batch) | – |
+# | 09 | `09_pancreas_fates.h5ad` (`tl.pancreas_fates(seed=0)`) | both files of chapter 08 |
+# | 10 | `10_world_velocity.h5ad` (`tl.world_velocity(world_seed=1, n_cells=500, umap=False)`) | chapter 08's pancreas velocity |
+# | 11 | `11_world.h5ad` (`tl.course_world(world_seed=11)`, which is `tds.simulate(n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=11, library_size=3.0)`) | – |
+# | 12 | `12_cellrank_world.h5ad` (`tl.cellrank_world(world_seed=11, seed=0)`: velocity, fates, drivers) | chapter 11's world |
+# | 13 | – | chapter 11's world, chapter 12's CellRank run, chapter 09's pancreas fates |
 #
-# Chapters 10 to 13 use seeds that the course checkpoint never saw in pretraining (chapter
-# 06's corpus holds seeds 0, 101 and 102), so the model is validated on a world it has not
-# read. Chapters 08 and 09 use seed 0 at the smaller size: the size changes the network and
+# Two chapters start a new world on purpose. Chapter 10 uses seed 1 because the course
+# checkpoint was pretrained on simulator seeds 0, 101 and 102, and a model should be
+# validated on a world it has not read; chapter 11 uses seed 11, a world that neither the
+# checkpoint nor chapter 10's fate model has seen. Chapter 12's
+# null world for pseudobulk testing (800 × 250, 8 batches, seed 5) is built and used there
+# only. Chapters 08 and 09 use seed 0 at the smaller size: the size changes the network and
 # the gene names, so it is a different world from this chapter's, built by the same
 # mechanism.
 
@@ -726,9 +737,10 @@ assert p_C["progenitor"] > 0.9 and p_C["deciding"] > 0.9 and p_C["committed"] > 
 # - A transcription-factor *name* is not a regulatory role: the decoy factor did nothing. In
 #   real data only experiments can make that distinction, and chapter 12 tests predictions
 #   against this world's knockouts.
-# - The world is saved to `_artifacts/03_world.h5ad` for the exercises. Later chapters do not
-#   load it: each rebuilds a smaller world with the same function and its own stated call
-#   (section 6), seeds 0 (chapters 08–09), 1 (chapter 10) and 11 (chapters 11–13).
+# - The world is saved to `_artifacts/03_world.h5ad` for the exercises. Later chapters use
+#   smaller worlds and pass them on (section 6): chapter 08 saves its world and velocity for
+#   09, chapter 11 its world for 12 and 13, chapter 12 its CellRank run for 13. Each loads
+#   the saved file or rebuilds it with the same call, and says which.
 
 # %%
 tflib.utils.footer(seed=SEED)

@@ -68,12 +68,7 @@ ARTIFACTS = Path("_artifacts")
 ARTIFACTS.mkdir(exist_ok=True)
 
 
-def sig3(v):
-    """Tables show 3 significant digits; whole numbers from 1,000 up are written out."""
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
-
-
-pd.set_option("display.float_format", sig3)
+pd.set_option("display.float_format", tflib.utils.format_sig)
 
 # %% [markdown]
 # ## 1 A vocabulary of genes

@@ -76,12 +76,7 @@ device = tflib.utils.get_device("cpu")
 print("device:", device)
 
 
-def sig3(v):
-    """Tables show 3 significant digits; whole numbers from 1,000 up are written out."""
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
-
-
-pd.set_option("display.float_format", sig3)
+pd.set_option("display.float_format", tflib.utils.format_sig)
 
 # %% [markdown]
 # ## 1 Attention from scratch

@@ -64,19 +64,11 @@ from tflib.pl.workflow import OKABE_ITO
 from tflib.train import MaskingCollator, run_pretraining
 from tflib.train.corpus import corpus_from_recipe, load_recipe
 from tflib.train.evaluation import evaluate_mlm, evaluate_unseen
+from tflib.utils import round_sig
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 torch.set_num_threads(2)
-
-
-def sig3(table):
-    """Display copy of a table with every float rounded to 3 significant digits."""
-    return table.apply(
-        lambda col: (
-            col.map(lambda x: float(f"{x:.3g}")) if col.dtype.kind == "f" else col
-        )
-    )
 
 
 DEVICE = tflib.utils.get_device()
@@ -398,7 +390,7 @@ print(
     f"(of {ev['all_chosen']['n']:,} chosen positions) "
     f"in {len(corpus.heldout):,} held-out cells"
 )
-sig3(100 * acc)
+round_sig(100 * acc)
 
 # %% [markdown]
 # At the {glue:text}`c06_n_mask` held-out positions whose input was `<mask>`, the course
@@ -477,7 +469,7 @@ pd.DataFrame(
         "rank-position baseline (fitted on these cells)": u["accuracy"]["position"],
     },
     index=["accuracy at <mask> (%)"],
-).T.mul(100).pipe(sig3)
+).T.mul(100).pipe(round_sig)
 
 # %% [markdown]
 # Of the {glue:text}`c06_unseen_cells` cells left (after dropping
@@ -557,7 +549,7 @@ glue(
 glue("c06_final_train_loss", metrics["final_train_loss"], display=False)
 glue("c06_heldout_loss", float(curve["loss"].iloc[-1]), display=False)
 assert curve["accuracy"].is_monotonic_increasing or gain_tokens > 1.5
-sig3(
+round_sig(
     curve.assign(tokens_M=curve["tokens"] / 1e6)[
         ["step", "tokens_M", "loss", "accuracy"]
     ]
@@ -728,7 +720,7 @@ glue("c06_ex_n_sources", len(per_source), display=False)
 glue("c06_ex_lost_sources", ", ".join(lost) if len(lost) else "none", display=False)
 assert len(per_source) >= 4 and per_source["n"].sum() > 0
 assert len(lost) < len(per_source)  # the model beats the baseline somewhere
-sig3(per_source.astype({"n": int}))
+round_sig(per_source.astype({"n": int}))
 
 # %% [markdown]
 #

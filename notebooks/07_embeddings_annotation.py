@@ -76,6 +76,7 @@ import tflib.datasets as tds
 import tflib.tl as tl
 from tflib.models import course_checkpoint
 from tflib.train import FinetuneConfig
+from tflib.utils import round_sig
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
@@ -85,12 +86,6 @@ MIN_TRAIN = 10  # classes with fewer training cells are dropped (section 1)
 RARE = "NK"  # the cell type made rare in section 6
 RARE_FRACTION = 0.015  # ... to 1.5 % of the training cells
 print("device:", tflib.utils.get_device())
-
-
-def sig3(frame):
-    """Round every number of a display table to 3 significant digits."""
-    return frame.map(
-        lambda x: float(f"{x:.3g}") if isinstance(x, (float, np.floating)) else x)
 
 
 def ci_cell(est, low, high):
@@ -253,7 +248,7 @@ assert (
     < integration.loc[["X_pca", "X_scvi"], "bio_score"].min()
 )
 assert integration.loc["X_tf", "ilisi"] > integration.loc["X_pca", "ilisi"] + 0.2
-sig3(integration)
+round_sig(integration)
 
 # %% [markdown]
 # **Table 1.** Integration scores of the three embeddings (chapter 02 explains each column;
@@ -555,7 +550,7 @@ glue("c07_gap_all", float(by_size.iloc[-1]), display=False)
 glue("c07_gap_64", float(gap.loc[(by_size.index[-1], 64), "gap"]), display=False)
 glue("c07_n_few", int(by_size.index[0]), display=False)
 assert (gap["gap"] > 0).all()  # the prose below: the bag wins in every setting tried
-sig3(gap)
+round_sig(gap)
 
 # %% [markdown]
 # The bag of tokens wins in every setting, by {glue:text}`c07_gap_min:.1%` to
@@ -590,7 +585,7 @@ plt.show()
 # %%
 errors = cm.stack().rename("fraction").reset_index()
 errors = errors[errors["true"] != errors["predicted"]].nlargest(6, "fraction")
-sig3(errors)
+round_sig(errors)
 
 # %% [markdown]
 # **Figure 4.** Confusion matrix of the best fine-tuned Transcriptformer on the test cells,
@@ -625,7 +620,7 @@ glue("c07_ece_raw", ece_raw, display=False)
 glue("c07_ece_cal", ece_cal, display=False)
 glue("c07_ece_words", Markdown(ece_words), display=False)
 glue("c07_temperature", float(ft.temperature), display=False)
-sig3(calib)
+round_sig(calib)
 
 # %% [markdown]
 # Lower is better in every column: the expected calibration error (ECE, the average gap
@@ -824,7 +819,7 @@ assert nk["plain"] <= nk["weighted"]  # the prose: without weights the rare type
 for name in nk:
     glue(f"c07_ex_nk_{name}", nk[name], display=False)
     glue(f"c07_ex_acc_{name}", overall[name], display=False)
-sig3(pd.DataFrame({"NK recall": nk, "accuracy": overall}))
+round_sig(pd.DataFrame({"NK recall": nk, "accuracy": overall}))
 
 # %% [markdown]
 # ```{exercise}

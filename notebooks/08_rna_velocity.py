@@ -52,13 +52,12 @@ except ImportError:
 # %%
 # %matplotlib inline
 import time
+from pathlib import Path
 import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scanpy as sc
-import scipy.sparse as sp
 import scvelo as scv
 from IPython.display import Markdown
 from myst_nb import glue
@@ -67,6 +66,7 @@ from scvelo.plotting.simulation import compute_dynamics
 import tflib
 import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
+from tflib.utils import dense, round_sig
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
@@ -79,17 +79,6 @@ warnings.filterwarnings("ignore")
 # The chapter fits it on a handful of genes; set this to None to fit all velocity genes
 # (minutes on a laptop, not part of the CI budget).
 DYNAMICAL_GENES = 8
-
-
-def dense(M):
-    """A dense float array from a sparse or dense matrix."""
-    return np.asarray(M.todense() if sp.issparse(M) else M, dtype=float)
-
-
-def sig3(frame):
-    """Round every number of a display table to 3 significant digits."""
-    return frame.map(
-        lambda x: float(f"{x:.3g}") if isinstance(x, (float, np.floating)) else x)
 
 
 def rowcorr(x, y):
@@ -226,13 +215,23 @@ assert (v_ode[on][5:] > 0).all() and (v_ode[~on][5:] < 0).all()
 # E15.5: ductal cells, Ngn3-low and Ngn3-high endocrine progenitors, pre-endocrine cells and
 # the four hormone-producing types (alpha, beta, delta, epsilon). The expected direction is
 # known from lineage tracing, which makes it the standard test case.
+#
+# We call it through `tflib.tl.pancreas_velocity`, a short recipe: `tds.load("pancreas")`,
+# the course's colour-blind-safe palette for the clusters, then
+# `tflib.tl.velocity(adata, mode="stochastic", seed=seed)`. Going through a named
+# recipe lets the chapter save its result to `_artifacts/08_pancreas_velocity.h5ad` with the
+# call recorded inside the file; chapters 09 and 10 load that file, or rebuild it with the
+# same call when it is missing (chapter 03, "Which world each later chapter uses").
 
 # %%
-panc = tds.load("pancreas")
-panc.uns["clusters_colors"] = list(OKABE_ITO.values())[1:] + [OKABE_ITO["black"]]
+ARTIFACTS = Path("_artifacts")
 t0 = time.perf_counter()
-tflib.tl.velocity(panc, mode="stochastic", seed=SEED)
+panc = tflib.tl.pancreas_velocity(seed=SEED)
 t_stoch = time.perf_counter() - t0
+tflib.tl.save_artifact(
+    panc, ARTIFACTS / "08_pancreas_velocity.h5ad", tflib.tl.pancreas_velocity,
+    seed=SEED, overwrite=True,
+)
 info = panc.uns["tflib_velocity"]
 glue("c08_n_cells", panc.n_obs, display=False)
 glue("c08_n_genes_in", info["n_genes_in"], display=False)
@@ -333,7 +332,7 @@ glue("c08_coh_best_val", float(qc.loc[best, "median_coherence"]), display=False)
 glue("c08_coh_worst", Markdown(worst), display=False)
 glue("c08_coh_worst_val", float(qc.loc[worst, "median_coherence"]), display=False)
 assert qc.loc["all", "median_coherence"] > 0.5
-sig3(qc)
+round_sig(qc)
 
 # %% mystnb={"image": {"alt": "Box plots of per-cell velocity coherence for each pancreas cluster, in the cluster colours, with a dashed horizontal line at 0.5."}}
 fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -402,7 +401,7 @@ glue("c08_n_dyn", len(fitted), display=False)
 glue("c08_t_dyn", t_dyn, display=False)
 glue("c08_dyn_agree", float(agree["r(dynamical, stochastic)"].median()), display=False)
 assert len(fitted) >= 4
-sig3(agree)
+round_sig(agree)
 
 # %% mystnb={"image": {"alt": "Three phase portraits of velocity genes fitted by the dynamical model, cells coloured by cluster, each overlaid with a black curve of the fitted on-off trajectory."}}
 is_vgene = panc_dyn.var["velocity_genes"]
@@ -440,14 +439,21 @@ plt.show()
 # exact $ds/dt$ of each cell in `layers["velocity_true"]`. We use a small world, 600 cells ×
 # 300 genes with three fates and one batch, at three times the default sequencing depth so
 # that enough genes pass scVelo's filters.
+#
+# `tflib.tl.world_velocity` is that recipe: `tds.simulate(n_cells=600, n_genes=300,
+# n_fates=3, n_batches=1, seed=world_seed, library_size=3.0)`, then `tflib.tl.velocity(...,
+# min_shared_counts=10, copy=True)`. The result keeps the simulator's truth, and it is saved
+# for chapter 09.
 
 # %%
-sim = tds.simulate(
-    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SEED, library_size=3.0
-)
 t0 = time.perf_counter()
-simv = tflib.tl.velocity(sim, min_shared_counts=10, seed=SEED, copy=True)
+simv = tflib.tl.world_velocity(world_seed=SEED, seed=SEED)
 t_sim = time.perf_counter() - t0
+tflib.tl.save_artifact(
+    simv, ARTIFACTS / "08_world_velocity.h5ad", tflib.tl.world_velocity,
+    world_seed=SEED, seed=SEED, overwrite=True,
+)
+sim = simv  # the velocity run keeps every gene and the truth layers
 vgenes = simv.var_names[simv.var["velocity_genes"].to_numpy()]
 est = dense(simv[:, vgenes].layers["velocity"])
 true = dense(sim[:, vgenes].layers["velocity_true"])
@@ -473,7 +479,7 @@ glue("c08_t_sim", t_sim, display=False)
 assert summary.loc["differentiating", "median r"] > 0.4  # author measured 0.62 (seed 0)
 assert summary.loc["differentiating", "fraction r > 0"] > 0.7
 assert sign_agree > 0.65
-sig3(summary)
+round_sig(summary)
 
 # %% mystnb={"image": {"alt": "Two panels on simulated cells. Left: histograms of the per-cell correlation between estimated and true velocity, differentiating cells shifted to positive values and progenitor-pool cells centred on zero. Right: the same correlation plotted against true pseudotime."}}
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -583,7 +589,7 @@ assert not np.allclose(both["stochastic"], both["deterministic"])  # the field c
 glue("c08_ex_det_all", float(both.loc["all", "deterministic"]), display=False)
 glue("c08_ex_det_maxdiff",
      float((both["deterministic"] - both["stochastic"]).abs().max()), display=False)
-sig3(both)
+round_sig(both)
 
 # %% [markdown]
 # ```{exercise}

@@ -50,6 +50,7 @@ except ImportError:
 # %%
 # %matplotlib inline
 import time
+from pathlib import Path
 import warnings
 
 import matplotlib.pyplot as plt
@@ -62,8 +63,8 @@ from myst_nb import glue
 from sklearn.metrics import roc_auc_score
 
 import tflib
-import tflib.datasets as tds
 from tflib.pl.workflow import OKABE_ITO
+from tflib.utils import round_sig
 
 SEED = 0
 rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
@@ -71,11 +72,6 @@ scv.settings.verbosity = 0
 # CellRank/scVelo deprecation chatter; results are asserted below
 warnings.filterwarnings("ignore")
 
-
-def sig3(frame):
-    """Round every number of a display table to 3 significant digits."""
-    return frame.map(
-        lambda x: float(f"{x:.3g}") if isinstance(x, (float, np.floating)) else x)
 
 # %% [markdown]
 # ## 1 Markov chain intuition
@@ -119,7 +115,7 @@ toy = pd.DataFrame(
 )
 toy.loc["from P, 4,000 walkers"] = B_walk
 assert np.allclose(B_exact.sum(1), 1) and np.allclose(B_walk, B_exact[0], atol=0.03)
-sig3(toy)
+round_sig(toy)
 
 # %% [markdown]
 # The exact solution and the simulated walkers agree. CellRank does the same on a chain with
@@ -170,14 +166,18 @@ sig3(toy)
 #
 # ## 4 The pancreas
 #
-# We start from chapter 08's stochastic velocity (recomputed here, it takes seconds) and ask
-# GPCCA for five macrostates. One is set aside as the initial state; those with
-# self-transition probability at least 0.9 become terminal.
+# We start from chapter 08's stochastic velocity. `tflib.tl.load_or_build` reads
+# `_artifacts/08_pancreas_velocity.h5ad` when chapter 08 saved it with the same call, and
+# otherwise reruns that call (`tflib.tl.pancreas_velocity(seed=0)`, seconds); the line it
+# prints says which. We ask GPCCA for five macrostates. One is set aside as the initial
+# state; those with self-transition probability at least 0.9 become terminal. The result is
+# saved for chapter 13.
 
 # %%
-panc = tds.load("pancreas")
-panc.uns["clusters_colors"] = list(OKABE_ITO.values())[1:] + [OKABE_ITO["black"]]
-tflib.tl.velocity(panc, seed=SEED)
+ARTIFACTS = Path("_artifacts")
+panc = tflib.tl.load_or_build(
+    ARTIFACTS / "08_pancreas_velocity.h5ad", tflib.tl.pancreas_velocity, seed=SEED
+)
 t0 = time.perf_counter()
 g = tflib.tl.fates(
     panc,
@@ -188,6 +188,10 @@ g = tflib.tl.fates(
     seed=SEED,
 )
 t_fates = time.perf_counter() - t0
+tflib.tl.save_artifact(  # = tflib.tl.pancreas_fates(seed=0): the same two steps
+    panc, ARTIFACTS / "09_pancreas_fates.h5ad", tflib.tl.pancreas_fates,
+    seed=SEED, overwrite=True,
+)
 info = panc.uns["tflib_fates"]
 stab = pd.Series(
     info["macrostate_stability"], index=info["macrostates"], name="self-transition"
@@ -310,7 +314,7 @@ assert (
     and by_cluster.loc["Alpha", alpha_col] > 0.4
 )
 assert by_cluster.loc["Beta", beta_col] > 0.8
-sig3(by_cluster)
+round_sig(by_cluster)
 
 # %% [markdown]
 # Beta cells reach the beta state with mean probability {glue:text}`c09_beta_in_beta:.2f`,
@@ -391,7 +395,7 @@ assert (
     and spread["Pre-endocrine"] > 10 * spread["Ductal"]
 )
 assert exit_via_high > 0.99
-sig3(pd.DataFrame({"within-cluster sd (max over fates)": spread,
+round_sig(pd.DataFrame({"within-cluster sd (max over fates)": spread,
                    "mean P(Beta)": P2.groupby(cl2)["Beta"].mean()}))
 
 # %% [markdown]
@@ -463,15 +467,16 @@ drivers.assign(corr=drivers["corr"].round(2)).set_index(["fate", "rank"])[
 #
 # The simulator knows the fate probabilities: for every cell it re-simulates the future
 # many times and counts where the futures end (`obsm["fate_probs_true"]`). We run the same
-# pipeline on a 600-cell world with three fates. The progenitor pool is itself a stable
+# pipeline on chapter 08's 600-cell world with three fates, loaded with its velocity from
+# `_artifacts/08_world_velocity.h5ad` (or rebuilt with the same call). The progenitor pool is itself a stable
 # macrostate (cells wait there for a random time), so we ask for four macrostates and set one
 # aside as the initial state.
 
 # %%
-sim = tds.simulate(
-    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SEED, library_size=3.0
+simv = tflib.tl.load_or_build(  # chapter 08's world and velocity, or the same call again
+    ARTIFACTS / "08_world_velocity.h5ad", tflib.tl.world_velocity, world_seed=SEED, seed=SEED
 )
-simv = tflib.tl.velocity(sim, min_shared_counts=10, seed=SEED, copy=True)
+sim = simv  # velocity keeps the simulator's truth (obs, obsm["fate_probs_true"])
 simv_velocity_only = simv.copy()  # before any fate run, for the weights exercise
 t0 = time.perf_counter()
 gs = tflib.tl.fates(simv, cluster_key="fate", n_states=4, n_initial=1, seed=SEED)
@@ -519,7 +524,7 @@ assert (
 # author measured 0.84-0.87 and 0.11-0.13
 assert (val["Pearson r"] > 0.6).all() and (val["MAE"] < 0.2).all()
 assert (val["AUROC (true lineage)"] > 0.8).all() and initial_fate == "progenitor"
-sig3(val)
+round_sig(val)
 
 # %% mystnb={"image": {"alt": "Three panels on the simulated world: donut charts of true fate probabilities on the UMAP, donut charts of CellRank's estimates for the same cells, and a scatter of estimated against true probability per fate with a black diagonal of perfect agreement."}}
 order = list(val["true fate"])
@@ -619,7 +624,7 @@ plt.show()
 # :label: ex-09-weights
 # Recompute the simulator's fate probabilities with `velocity_weight=0.5,
 # connectivity_weight=0.5`, and then with `velocity_weight=1.0, connectivity_weight=0.0`
-# (start again from `tflib.tl.velocity(sim, ..., copy=True)` each time). How do the Pearson
+# (start again from a copy of the velocity-only world, `simv_velocity_only`, each time). How do the Pearson
 # correlations and MAE of the validation table change? What happens with the connectivity
 # kernel alone?
 # ```
@@ -689,7 +694,7 @@ assert r_by_weight.is_monotonic_decreasing  # the prose: more smoothing, lower r
 for vw, key in [(1.0, "w10"), (0.5, "w05"), (0.0, "w00")]:
     glue(f"c09_ex_{key}", Markdown(words(vw)), display=False)
 assert weights.loc[0.8, "fates found"] == 3  # the chapter's chain finds all three
-sig3(weights)
+round_sig(weights)
 
 # %% [markdown]
 # ```{exercise}
@@ -722,7 +727,7 @@ given_means = P2.groupby(cl2).mean()
 for c in endocrine:
     assert np.isclose(given_means.loc[c, c], 1.0)  # absorbing: they keep their own fate
 glue("c09_ex_pre_beta", float(given_means.loc["Pre-endocrine", "Beta"]), display=False)
-sig3(given_means)
+round_sig(given_means)
 
 # %% [markdown]
 # ```{exercise}

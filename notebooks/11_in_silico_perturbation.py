@@ -55,6 +55,7 @@ except ImportError:
 # %%
 # %matplotlib inline
 import time
+from pathlib import Path
 import warnings
 
 import matplotlib.pyplot as plt
@@ -67,7 +68,6 @@ import tflib
 import tflib.datasets as tds
 import tflib.tl as tl
 from tflib.pl.workflow import OKABE_ITO
-from tflib.train import FinetuneConfig
 
 SEED = 0
 SIM_SEED = 11  # a world the course checkpoint was not pretrained on
@@ -91,15 +91,19 @@ print(
 # %% [markdown]
 # ## 1 A world whose answers we know
 #
-# We simulate a fresh world (chapter 03): 600 cells, 300 genes, three fates, each driven by a
-# master transcription factor (TF) with secondary TFs, targets, decoy TFs that regulate
-# nothing, and housekeeping genes. As in chapter 10, `tl.vocab_labels` relabels the simulated
+# We simulate a fresh world (chapter 03) with `tl.course_world`, the small world of chapters
+# 08 to 13 (`tds.simulate` with one batch at three times the default depth): 600 cells, 300
+# genes, three fates, each driven by a master transcription factor (TF) with secondary TFs,
+# targets, decoy TFs that regulate nothing, and housekeeping genes. As in chapter 10, `tl.vocab_labels` relabels the simulated
 # genes with vocabulary genes of matching median expression, so the course tokenizer can read
-# them. We follow eleven genes of five roles through the chapter.
+# them. We follow eleven genes of five roles through the chapter. The world is saved to
+# `_artifacts/11_world.h5ad` for chapters 12 and 13.
 
 # %%
-sim = tds.simulate(
-    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0
+sim = tl.course_world(world_seed=SIM_SEED)  # tds.simulate(n_cells=600, n_genes=300, ...)
+tl.save_artifact(  # chapters 12 and 13 load this world, or rebuild it with the same call
+    sim, Path("_artifacts") / "11_world.h5ad", tl.course_world, world_seed=SIM_SEED,
+    overwrite=True,
 )
 tl.vocab_labels(sim, tokenizer)  # writes sim.var["tf_symbol"]
 truth = sim.obsm["fate_probs_true"]
@@ -245,22 +249,8 @@ print("cells in which the model sees the gene:", visible[masters].round(2).to_di
 
 # %%
 t0 = time.perf_counter()
-fate_cfg = FinetuneConfig(
-    mode="top",
-    n_unfrozen=1,
-    epochs=8,
-    batch_size=32,
-    lr=3e-3,
-    encoder_lr=2e-3,
-    patience=3,
-    class_weight=None,
-    pooling="cls",
-    calibrate=False,
-    max_len=model.config.max_len,
-    seed=SEED,
-)
-student = tl.TrajectoryAwareTranscriptformer(
-    model, tokenizer, gene_key="tf_symbol", config=fate_cfg
+student = tl.TrajectoryAwareTranscriptformer(  # chapter 10's recipe, the full context
+    model, tokenizer, gene_key="tf_symbol", max_len=model.config.max_len, seed=SEED
 )
 student.fit(sim, truth.loc[train])
 P_test = student.predict_fates(cells_test)
@@ -857,22 +847,8 @@ fit_cells = (
     .index
 )
 fit_cells = fit_cells.union(big.obs_names[big.obs["perturbation"] == "control"][:40])
-screen_cfg = FinetuneConfig(
-    mode="top",
-    n_unfrozen=1,
-    epochs=4,
-    batch_size=32,
-    lr=3e-3,
-    encoder_lr=2e-3,
-    patience=3,
-    class_weight=None,
-    pooling="cls",
-    calibrate=False,
-    max_len=64,
-    seed=SEED,
-)
-screen_student = tl.TrajectoryAwareTranscriptformer(
-    model, tokenizer, gene_key="tf_symbol", config=screen_cfg
+screen_student = tl.TrajectoryAwareTranscriptformer(  # 64 tokens, half the epochs
+    model, tokenizer, gene_key="tf_symbol", epochs=4, seed=SEED
 )
 screen_student.fit(
     big,

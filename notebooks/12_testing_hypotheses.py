@@ -52,12 +52,12 @@ except ImportError:
 # %%
 # %matplotlib inline
 import time
+from pathlib import Path
 import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown
 from myst_nb import glue
 
 import tflib
@@ -85,8 +85,9 @@ T0 = time.perf_counter()
 # deleting a random gene of similar expression does.*
 
 # %%
-sim = tds.simulate(
-    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0
+ARTIFACTS = Path("_artifacts")
+sim = tl.load_or_build(  # chapter 11's world, or the same call again
+    ARTIFACTS / "11_world.h5ad", tl.course_world, world_seed=SIM_SEED
 )
 truth = sim.obsm["fate_probs_true"]
 FATES = list(truth.columns)
@@ -257,7 +258,6 @@ calls.sort_values("pvalue").head(10)[
 # %%
 import torch
 
-from tflib.train import FinetuneConfig
 
 torch.set_num_threads(2)
 warnings.filterwarnings(
@@ -268,22 +268,8 @@ model, tokenizer = tflib.models.course_checkpoint()
 tl.vocab_labels(sim, tokenizer)  # writes sim.var["tf_symbol"]
 cells = sim[test].copy()
 sym = dict(zip(sim.var_names, sim.var["tf_symbol"]))
-fate_cfg = FinetuneConfig(
-    mode="top",
-    n_unfrozen=1,
-    epochs=8,
-    batch_size=32,
-    lr=3e-3,
-    encoder_lr=2e-3,
-    patience=3,
-    class_weight=None,
-    pooling="cls",
-    calibrate=False,
-    max_len=model.config.max_len,
-    seed=SEED,
-)
-student = tl.TrajectoryAwareTranscriptformer(
-    model, tokenizer, gene_key="tf_symbol", config=fate_cfg
+student = tl.TrajectoryAwareTranscriptformer(  # chapter 11's recipe
+    model, tokenizer, gene_key="tf_symbol", max_len=model.config.max_len, seed=SEED
 )
 student.fit(sim, truth.loc[train])
 parts = []
@@ -338,27 +324,31 @@ print(
 # %% [markdown]
 # Then CellRank's drivers, on velocity estimated from the counts (not the simulator's true
 # velocity). Each terminal state is named after the true fate of most of its cells.
+# `tl.cellrank_world` is that recipe (chapters 08 and 09's calls, one after the other); its
+# result is saved for chapter 13.
 
 # %%
 t0 = time.perf_counter()
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # scVelo's and CellRank's progress notices
-    velo = tl.velocity(sim, min_shared_counts=10, umap=False, seed=SEED, copy=True)
-    tl.fates(velo, cluster_key="fate", n_states=4, n_initial=1, n_terminal=3, seed=SEED)
-    tl.fate_drivers(velo, n_top=5)
-state_of = {
-    lab: state for state, lab in tl.match_terminal_states(velo)["label"].items()
-}
-drivers = velo.varm["terminal_lineage_drivers"]
+velo = tl.cellrank_world(world_seed=SIM_SEED, seed=SEED)
+tl.save_artifact(  # chapter 13 loads it
+    velo,
+    ARTIFACTS / "12_cellrank_world.h5ad",
+    tl.cellrank_world,
+    world_seed=SIM_SEED,
+    seed=SEED,
+    overwrite=True,
+)
+drivers = velo.varm["fate_drivers_cellrank"]  # columns named by true fate, e.g. "A_corr"
 driver_corr = pd.Series(
-    {g: drivers.loc[g, f"{state_of[fate_of[g]]}_corr"] for g in candidates}
+    {g: drivers.loc[g, f"{fate_of[g]}_corr"] for g in candidates}
 ).astype(float)
 driver_q = pd.Series(
-    {g: drivers.loc[g, f"{state_of[fate_of[g]]}_qval"] for g in candidates}
+    {g: drivers.loc[g, f"{fate_of[g]}_qval"] for g in candidates}
 ).astype(float)
 glue("c12_t_cellrank", time.perf_counter() - t0, display=False)
 print(
-    f"velocity + fates + drivers: {time.perf_counter() - t0:.0f} s; states:", state_of
+    f"velocity + fates + drivers: {time.perf_counter() - t0:.0f} s; states:",
+    tl.match_terminal_states(velo)["label"].to_dict(),
 )
 
 # %% [markdown]
@@ -633,11 +623,7 @@ curve.round(2).to_frame().T
 
 # %%
 t0 = time.perf_counter()
-X = (
-    np.asarray(cells.X.todense())
-    if hasattr(cells.X, "todense")
-    else np.asarray(cells.X)
-)
+X = tflib.utils.dense(cells.X)
 col = [list(cells.var_names).index(g) for g in candidates]
 features = pd.DataFrame(
     {

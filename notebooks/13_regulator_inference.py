@@ -47,6 +47,7 @@ except ImportError:
 # %%
 # %matplotlib inline
 import time
+from pathlib import Path
 import warnings
 
 import matplotlib.pyplot as plt
@@ -59,8 +60,6 @@ import tflib
 import tflib.datasets as tds
 import tflib.tl as tl
 from tflib import stats
-from tflib.pl.workflow import OKABE_ITO
-from tflib.train import FinetuneConfig
 
 SEED = 0
 SIM_SEED = 11  # chapters 11 and 12's world, which the course checkpoint never saw
@@ -85,8 +84,9 @@ model, tokenizer = tflib.models.course_checkpoint()
 # (`tl.vocab_labels`, chapter 10) so that the model can read them.
 
 # %%
-sim = tds.simulate(
-    n_cells=600, n_genes=300, n_fates=3, n_batches=1, seed=SIM_SEED, library_size=3.0
+ARTIFACTS = Path("_artifacts")
+sim = tl.load_or_build(  # chapter 11's world, or the same call again
+    ARTIFACTS / "11_world.h5ad", tl.course_world, world_seed=SIM_SEED
 )
 tl.vocab_labels(sim, tokenizer)  # writes sim.var["tf_symbol"]
 truth = tds.true_regulators(sim)
@@ -104,23 +104,19 @@ pd.DataFrame({f: [", ".join(truth[f])] for f in FATES}, index=["true regulators"
 # velocity estimated from the counts (chapter 08), CellRank fate probabilities and driver
 # correlations (chapter 09), and chapter 10's fate-aware Transcriptformer fitted to those
 # CellRank probabilities. Each terminal state is named after the true fate of most of its
-# cells, only so that the rankings can be scored by name.
+# cells, only so that the rankings can be scored by name. The velocity, fates and drivers are
+# chapter 12's, loaded from `_artifacts/12_cellrank_world.h5ad` (or rebuilt with the same
+# call, `tl.cellrank_world`, when that file is missing).
 
 # %%
 t0 = time.perf_counter()
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # scVelo's and CellRank's deprecation notices
-    velo = tl.velocity(sim, min_shared_counts=10, umap=False, seed=SEED, copy=True)
-    tl.fates(velo, cluster_key="fate", n_states=4, n_initial=1, n_terminal=3, seed=SEED)
-    tl.fate_drivers(velo, n_top=5)
-name = tl.match_terminal_states(velo)["label"].to_dict()  # terminal state -> true fate
-P_cr = tl.fate_probs_frame(velo).rename(columns=name).reindex(sim.obs_names)
+velo = tl.load_or_build(  # chapter 12's CellRank run, or the same call again
+    ARTIFACTS / "12_cellrank_world.h5ad", tl.cellrank_world, world_seed=SIM_SEED, seed=SEED
+)
+P_cr = velo.obsm["fate_probs_cellrank"].reindex(sim.obs_names)
 sim.obsm["fate_probs_cellrank"] = P_cr[FATES]
-drv = velo.varm["terminal_lineage_drivers"].reindex(sim.var_names)
-sim.varm["terminal_lineage_drivers"] = drv.rename(
-    columns=lambda c: next(
-        (f"{name[s]}{c[len(s) :]}" for s in name if c.startswith(f"{s}_")), c
-    )
+sim.varm["terminal_lineage_drivers"] = velo.varm["fate_drivers_cellrank"].reindex(
+    sim.var_names
 )
 r_fates = float(
     np.corrcoef(
@@ -132,22 +128,8 @@ glue("c13_r_fates", r_fates, display=False)
 glue("c13_t_cellrank", time.perf_counter() - t0, display=False)
 
 t0 = time.perf_counter()
-fate_cfg = FinetuneConfig(
-    mode="top",
-    n_unfrozen=1,
-    epochs=8,
-    batch_size=32,
-    lr=3e-3,
-    encoder_lr=2e-3,
-    patience=3,
-    class_weight=None,
-    pooling="cls",
-    calibrate=False,
-    max_len=model.config.max_len,
-    seed=SEED,
-)
-student = tl.TrajectoryAwareTranscriptformer(
-    model, tokenizer, gene_key="tf_symbol", config=fate_cfg
+student = tl.TrajectoryAwareTranscriptformer(  # chapter 11's recipe
+    model, tokenizer, gene_key="tf_symbol", max_len=model.config.max_len, seed=SEED
 )
 student.fit(sim, P_cr[FATES])
 ko_table = tl.perturb(
@@ -360,23 +342,16 @@ glue(
 # progenitors, *Pax4* and *Pdx1* push towards beta cells, *Arx* towards alpha cells, and
 # *Nkx2-2*, *Nkx6-1* and *Mafb* are part of the programme. We rank the pancreas's TFs (genes
 # whose upper-case symbol is in the course's human TF list) for the Alpha and Beta fates
-# with chapter 09's CellRank settings. There is no knockout ranking here: it would need a
+# with chapter 09's fate probabilities (loaded from `_artifacts/09_pancreas_fates.h5ad`, or
+# rebuilt with the same call). There is no knockout ranking here: it would need a
 # fate head fitted on the pancreas, which chapter 10 did not do.
 
 # %%
 t0 = time.perf_counter()
-panc = tds.load("pancreas")
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    pv = tl.velocity(panc, seed=SEED, copy=True)
-    tl.fates(
-        pv,
-        cluster_key="clusters",
-        n_states=5,
-        stability_threshold=0.9,
-        n_initial=1,
-        seed=SEED,
-    )
+panc = tds.load("pancreas")  # raw counts, for the tokenizer
+pv = tl.load_or_build(  # chapter 09's velocity and fates, or the same call again
+    ARTIFACTS / "09_pancreas_fates.h5ad", tl.pancreas_fates, seed=SEED
+)
 panc.obsm["fate_probs"] = tl.fate_probs_frame(pv).reindex(panc.obs_names)
 tf_upper = set(tds.tf_symbols())  # human TF symbols
 panc_tfs = [g for g in panc.var_names if g.upper() in tf_upper]

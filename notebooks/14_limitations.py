@@ -52,7 +52,6 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from myst_nb import glue
 
 import tflib
@@ -435,7 +434,7 @@ plt.close(fig)
 # `tds.knockout`, in the early cells where the decision is still open.
 
 # %%
-X = sim.X.toarray() if sp.issparse(sim.X) else np.asarray(sim.X)
+X = tflib.utils.dense(sim.X)
 lognorm = np.log1p(X / X.sum(axis=1, keepdims=True) * 1e4)
 p_a = truth[FATES[0]].to_numpy()
 corr = pd.Series(

@@ -43,6 +43,21 @@ def test_a_file_from_another_call_is_left_alone(tmp_path, capsys):
     assert (got.X != fresh.X).nnz == 0                           # rebuilt with the asked call
 
 
+def test_a_file_written_by_other_library_code_is_not_read(tmp_path, capsys):
+    import anndata as ad
+
+    path = tmp_path / "world.h5ad"
+    tl.save_artifact(tds.simulate(**SMALL), path, tds.simulate, **SMALL)
+    old = ad.read_h5ad(path)
+    old.uns[ARTIFACT_KEY]["source_sha256"] = "0" * 64         # as if tflib had been edited since
+    old.write_h5ad(path)
+    before = _sha(path)
+    tl.load_or_build(path, tds.simulate, **SMALL)
+    out = capsys.readouterr().out
+    assert "left as it is" in out and "source_sha256" in out
+    assert _sha(path) == before
+
+
 def test_a_foreign_h5ad_is_left_alone(tmp_path, capsys):
     path = tmp_path / "mine.h5ad"
     mine = tds.simulate(**SMALL)
@@ -77,6 +92,12 @@ def test_bad_input_names_the_fix(tmp_path):
         tl.load_or_build(tmp_path / "b.h5ad", tds.simulate, adata=adata)
     assert not (tmp_path / "b.h5ad").exists()
     assert ARTIFACT_KEY not in adata.uns
+
+
+def test_course_world_is_the_documented_simulate_call():
+    a = tl.course_world(world_seed=3, n_cells=80, n_genes=60, n_fates=2)
+    b = tds.simulate(n_cells=80, n_genes=60, n_fates=2, n_batches=1, seed=3, library_size=3.0)
+    assert (a.X != b.X).nnz == 0 and a.var_names.equals(b.var_names)
 
 
 def test_student_overrides_replace_only_what_was_asked():

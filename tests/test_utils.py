@@ -46,3 +46,28 @@ def test_write_json_replaces_a_file_only_when_asked(tmp_path):
     assert path.read_text() == '{"a": 1}'                              # untouched by the refused call
     write_json(path, {"a": 2}, overwrite=True)
     assert path.read_text() == '{"a": 2}'
+
+
+def test_display_rounding_keeps_non_floats_and_formats_large_numbers():
+    import pandas as pd
+
+    from tflib.utils import format_sig, round_sig
+
+    table = pd.DataFrame({"r": [0.123456, 12345.678], "n": [3, 4], "name": ["a", "b"]})
+    shown = round_sig(table)
+    assert shown["r"].tolist() == [0.123, 12300.0]
+    assert shown["n"].tolist() == [3, 4] and shown["name"].tolist() == ["a", "b"]
+    assert table["r"].iloc[0] == 0.123456                    # a copy: the input is unchanged
+    assert round_sig(2.71828, digits=2) == 2.7
+    assert format_sig(12345.6) == "12,346" and format_sig(0.0012345) == "0.00123"
+
+
+def test_dense_accepts_sparse_and_dense():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from tflib.utils import dense
+
+    M = sp.csr_matrix(np.array([[0, 1.5], [2, 0]]))
+    assert np.array_equal(dense(M), M.toarray()) and dense(M).dtype == np.float64
+    assert np.array_equal(dense([[1, 2]]), np.array([[1.0, 2.0]]))

@@ -1,7 +1,10 @@
-"""Small shared helpers: explicit seeds, automatic device choice and the reproducibility footer.
+"""Small shared helpers: explicit seeds, automatic device choice, the reproducibility footer
+and the display rounding of the chapters' tables.
 
 Every notebook of the course calls :func:`notebook_setup` (which calls :func:`set_seed`) in its
-first code cell and :func:`footer` in its last cell (checklist item 16).
+first code cell and :func:`footer` in its last cell (checklist item 16). Tables are shown
+through :func:`round_sig` or :func:`format_sig`; :func:`dense` turns a sparse layer into an
+array.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import time
 from importlib import metadata
 
 import numpy as np
+
+from tflib._compat import dense  # noqa: F401  (public here: notebooks use tflib.utils.dense)
 
 _T0 = time.perf_counter()
 _SEED: int | None = None
@@ -154,3 +159,29 @@ def write_json(path, obj, overwrite: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
     return path
+
+
+def round_sig(table, digits: int = 3):
+    """A display copy with every float rounded to ``digits`` significant digits.
+
+    Accepts a DataFrame, a Series or a single number; integers, strings and other cells are
+    left as they are. Chapters 01, 02 and 06--10 pass their tables through it before showing
+    them (the numbers in the prose come from ``glue``, unrounded).
+    """
+    import pandas as pd
+
+    def one(x):
+        return float(f"{x:.{digits}g}") if isinstance(x, (float, np.floating)) else x
+
+    if isinstance(table, (pd.DataFrame, pd.Series)):
+        return table.map(one)
+    return one(table)
+
+
+def format_sig(value) -> str:
+    """``value`` as text with 3 significant digits; whole numbers from 1,000 up written out.
+
+    The ``display.float_format`` of chapters 04 and 05:
+    ``pd.set_option("display.float_format", tflib.utils.format_sig)``.
+    """
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"

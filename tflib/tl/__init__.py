@@ -80,6 +80,7 @@ _EXPORTS: dict[str, str] = {
     "describe_call": "chain",
     "pancreas_velocity": "chain",
     "pancreas_fates": "chain",
+    "course_world": "chain",
     "world_velocity": "chain",
     "cellrank_world": "chain",
 }

@@ -9,8 +9,8 @@ chapter gets the same object, and it prints which of the two happened, so a read
 chapter 13 alone gets the same numbers as one who ran 08 to 12 first.
 
 Each saved ``.h5ad`` records its call in ``uns["tflib_artifact"]``: the recipe's dotted name,
-its arguments (JSON), the ``tflib`` version that wrote it and a hash of the recipe's
-module source (so an edited recipe does not read a file made by the old one). A file with another record is
+its arguments (JSON), the ``tflib`` version that wrote it and a hash of ``tflib``'s source
+(so a chapter run with an edited library does not read a file that the old code made). A file with another record is
 never overwritten by :func:`load_or_build`; :func:`save_artifact` replaces a file only with
 ``overwrite=True``.
 
@@ -19,13 +19,13 @@ Recipes (each names the chapter that saves it and those that load it):
 - :func:`pancreas_velocity`: chapter 08 saves, 09 and 10 load;
 - :func:`pancreas_fates`: chapter 09 saves, 13 loads;
 - :func:`world_velocity`: chapter 08 saves, 09 loads;
-- :func:`tflib.datasets.simulate` itself: chapter 11 saves its world, 12 and 13 load it;
+- :func:`course_world`: chapter 11 saves it, 12 and 13 load it;
 - :func:`cellrank_world`: chapter 12 saves, 13 loads.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import inspect
 import json
 import os
 import warnings
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["ARTIFACT_KEY", "save_artifact", "load_or_build", "describe_call",
-           "pancreas_velocity", "pancreas_fates", "world_velocity", "cellrank_world"]
+           "pancreas_velocity", "pancreas_fates", "course_world", "world_velocity",
+           "cellrank_world"]
 
 #: The ``uns`` key in which a saved artifact records the call that made it.
 ARTIFACT_KEY = "tflib_artifact"
@@ -52,13 +53,22 @@ def _record(recipe: Callable, kwargs: dict[str, Any]) -> dict[str, str]:
     import tflib
 
     name = f"{recipe.__module__}.{recipe.__qualname__}"
-    try:                                  # a changed recipe must not read an old file
-        source = inspect.getsource(inspect.getmodule(recipe))
-    except (OSError, TypeError):
-        source = name
     return {"recipe": name, "kwargs": json.dumps(kwargs, sort_keys=True),
-            "tflib_version": tflib.__version__,
-            "source_sha256": hashlib.sha256(source.encode()).hexdigest()}
+            "tflib_version": tflib.__version__, "source_sha256": _tflib_source_sha256()}
+
+
+@functools.lru_cache(maxsize=1)
+def _tflib_source_sha256() -> str:
+    """One hash over every ``.py`` file of the installed ``tflib``: an edited library (a
+    recipe, or anything a recipe calls) must not read a file that the old code wrote."""
+    import tflib
+
+    root = Path(tflib.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def describe_call(record: dict | None) -> str:
@@ -125,7 +135,7 @@ def load_or_build(path, recipe: Callable, *, save: bool = True, **kwargs):
 
     Prints which of the three cases happened:
 
-    - the file records the same call (recipe, arguments, ``tflib`` version, recipe source):
+    - the file records the same call (recipe, arguments, ``tflib`` version and source):
       it is read;
     - there is no file: the recipe runs, and its result is saved there (``save=True``);
     - the file records another call: the recipe runs, and the file is left as it is.
@@ -163,13 +173,17 @@ def load_or_build(path, recipe: Callable, *, save: bool = True, **kwargs):
 def pancreas_velocity(*, seed: int = 0):
     """Chapter 08's stochastic RNA velocity on the pancreas (with UMAP); loaded by 09 and 10.
 
-    ``tflib.datasets.load("pancreas")`` then :func:`tflib.tl.velocity` with
-    ``mode="stochastic"``; see that function for the keys written.
+    ``tflib.datasets.load("pancreas")``, the course's colour-blind-safe palette in
+    ``uns["clusters_colors"]`` (CellRank colours terminal states after their clusters), then
+    :func:`tflib.tl.velocity` with ``mode="stochastic"``; see that function for the keys
+    written.
     """
     from tflib.datasets import load
+    from tflib.pl.workflow import OKABE_ITO
     from tflib.tl.rna_velocity import velocity
 
     adata = load("pancreas")
+    adata.uns["clusters_colors"] = list(OKABE_ITO.values())[1:] + [OKABE_ITO["black"]]
     velocity(adata, mode="stochastic", seed=seed)
     return adata
 
@@ -188,7 +202,14 @@ def pancreas_fates(*, seed: int = 0):
     return adata
 
 
-def _world(world_seed: int, n_cells: int, n_genes: int, n_fates: int):
+def course_world(*, world_seed: int = 11, n_cells: int = 600, n_genes: int = 300,
+                 n_fates: int = 3):
+    """The small simulated world of chapters 08--13: one batch, three times the default depth.
+
+    ``tflib.datasets.simulate(n_cells, n_genes, n_fates, n_batches=1, seed=world_seed,
+    library_size=3.0)``. Chapter 11 saves it (``world_seed=11``), chapters 12 and 13 load it;
+    :func:`world_velocity` and :func:`cellrank_world` start from it.
+    """
     from tflib.datasets import simulate
 
     return simulate(n_cells=n_cells, n_genes=n_genes, n_fates=n_fates, n_batches=1,
@@ -197,7 +218,7 @@ def _world(world_seed: int, n_cells: int, n_genes: int, n_fates: int):
 
 def world_velocity(*, world_seed: int = 0, seed: int = 0, n_cells: int = 600,
                    n_genes: int = 300, n_fates: int = 3, umap: bool = True):
-    """A simulated world (one batch, three times the default depth) with scVelo velocity.
+    """:func:`course_world` with scVelo velocity.
 
     Chapter 08 saves it (``world_seed=0``) and chapter 09 loads it.
     :func:`tflib.tl.velocity` runs with ``min_shared_counts=10``; the simulator's truth
@@ -205,7 +226,9 @@ def world_velocity(*, world_seed: int = 0, seed: int = 0, n_cells: int = 600,
     """
     from tflib.tl.rna_velocity import velocity
 
-    return velocity(_world(world_seed, n_cells, n_genes, n_fates), min_shared_counts=10,
+    world = course_world(world_seed=world_seed, n_cells=n_cells, n_genes=n_genes,
+                         n_fates=n_fates)
+    return velocity(world, min_shared_counts=10,
                     umap=umap, seed=seed, copy=True)
 
 
