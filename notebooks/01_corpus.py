@@ -545,9 +545,11 @@ plt.show()
 #
 # ## 9 Saving the corpus for the next chapters
 #
-# The processed Kang object, with its counts, metadata, clusters and embedding, is the
-# starting point of chapters 02, 04 and 07. We save it next to the notebooks; the folder is
-# not versioned, and any chapter can rebuild it by running this one.
+# We save the processed Kang object, with its counts, metadata, clusters and embedding, next
+# to the notebooks (the folder is not versioned) for your own experiments.
+# Chapters 02, 04 and 07 do not read it: each starts again from the registry's
+# `tds.load("kang_pbmc")` with the gene selection its method needs (chapter 07 reads
+# chapter 02's file instead; the welcome page shows the whole chain).
 
 # %%
 from pathlib import Path

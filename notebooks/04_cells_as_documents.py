@@ -36,7 +36,7 @@
 #    it, and read a coverage report;
 # 4. compare rank-value tokens with scGPT-style expression bins for the same cell;
 # 5. measure what a maximum sequence length throws away;
-# 6. tokenize a whole corpus into an on-disk token store and save the tokenizer for chapter 06.
+# 6. tokenize a whole corpus into an on-disk token store, and save the tokenizer beside it.
 # ```
 
 # %% tags=["remove-cell"]

@@ -156,9 +156,11 @@ def load_or_build(path, recipe: Callable, *, save: bool = True, **kwargs):
         if _same_call(found, wanted):
             print(f"loaded {path} (saved by {call})")
             return saved
-        differ = [k for k in wanted if not found or str(found.get(k)) != wanted[k]]
-        print(f"{path} holds {describe_call(found)}, not {call} ({', '.join(differ)} "
-              "differ): left as it is, rebuilding with the call above. Rerun the chapter that "
+        if found and all(str(found.get(k)) == wanted[k] for k in ("recipe", "kwargs")):
+            why = f"was made by {call} with other tflib code"
+        else:
+            why = f"holds {describe_call(found)}, not {call}"
+        print(f"{path} {why}: left as it is, rebuilding with {call}. Rerun the chapter that "
               "saves the file to refresh it.")
         return recipe(**kwargs)
     print(f"{path} not found: rebuilding with {call}")
