@@ -461,3 +461,31 @@ def test_cells_without_vocabulary_counts_are_counted_apart_from_zero_cells():
         c = tok.encode(a)
     assert c.report["n_cells_skipped_empty"] == 2 and c.report["n_cells_zero_counts"] == 1
     assert 1 not in c.obs_index and 2 not in c.obs_index
+
+
+def test_threads_give_the_same_tokens_and_the_same_errors(tmp_path):
+    """n_jobs encodes chunks side by side; the result and the report cannot depend on it."""
+    a = synthetic_counts(400, 300, empty=(3, 250))
+    tok = _tokenizer(a, max_len=60)                                 # truncation runs
+    with pytest.warns(EmptyCellsWarning):
+        one = tok.encode(a, chunk_size=16, n_jobs=1)
+    for jobs in (2, 3):
+        with pytest.warns(EmptyCellsWarning):
+            many = tok.encode(a, chunk_size=16, n_jobs=jobs)
+        np.testing.assert_array_equal(many.tokens, one.tokens)
+        np.testing.assert_array_equal(many.offsets, one.offsets)
+        np.testing.assert_array_equal(many.obs_index, one.obs_index)
+        assert many.report == one.report
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    with pytest.warns(EmptyCellsWarning):
+        store = tok.encode_to_store(path, tmp_path / "store", chunk_size=16, n_jobs=2)
+    np.testing.assert_array_equal(store.lengths, one.lengths)
+    np.testing.assert_array_equal(store[len(store) - 1], one[len(one) - 1])
+    bad = a.copy()
+    bad.X.data[bad.X.indptr[200] + 1] = -1.0                      # cell 200, a middle chunk
+    for jobs in (1, 2):
+        with pytest.raises(TokenizerInputError, match=r"cells 192-208\) contains negative"):
+            tok.encode(bad, chunk_size=16, n_jobs=jobs)
+    with pytest.raises(ValueError, match="n_jobs must be >= 1"):
+        tok.encode(a, n_jobs=0)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,10 @@ class _Tokenizer:
     """Base class; subclasses define ``kind``, ``config()`` and ``_encode_chunk``."""
 
     kind = "base"
+    #: Whether chunks may be encoded on several threads: true when ``_start_state`` holds
+    #: scratch buffers only (rank-value), false when it carries a random stream from one chunk
+    #: to the next (binning), whose result would then depend on the thread timing.
+    parallel_chunks = False
 
     def __init__(self, vocab: GeneVocab, max_len: int):
         if not isinstance(vocab, GeneVocab):
@@ -147,22 +154,34 @@ class _Tokenizer:
 
     # -- encoding -------------------------------------------------------------------------------
     def _iter_encoded(self, adata, *, layer, gene_key, id_type, species, input, chunk_size,
-                      check_coverage, min_gene_fraction, min_count_fraction, gene_table, ortholog_table):
+                      check_coverage, min_gene_fraction, min_count_fraction, gene_table, ortholog_table,
+                      n_jobs=None):
         colmap, mapping = self.gene_columns(adata, gene_key=gene_key, id_type=id_type, species=species,
                                             min_gene_fraction=min_gene_fraction, check_coverage=check_coverage,
                                             gene_table=gene_table, ortholog_table=ortholog_table)
-        state = self._start_state()
         total = new_report()
         total["mapping"] = mapping
         total["counts_total"], total["counts_covered"], total["n_cells_zero_counts"] = 0.0, 0.0, 0
         dup = bool(np.unique(colmap[colmap >= 0]).size < (colmap >= 0).sum())
-        for start, stop, chunk in iter_csr_chunks(adata, layer, chunk_size):
+        local = threading.local()                     # one scratch state per thread
+
+        def encode_one(item):
+            start, stop, chunk = item
+            state = getattr(local, "state", None)
+            if state is None:
+                state = local.state = self._start_state()
             data_min = validate_values(chunk.data, input, where=f" (cells {start}-{stop})")
             part, rep = self._encode_chunk(chunk, data_min, colmap, dup, state, input)
+            return start, stop, part, rep, zero_count_rows(chunk, data_min)
+
+        jobs = resolve_jobs(n_jobs) if self.parallel_chunks else 1
+        chunks = iter_csr_chunks(adata, layer, chunk_size)
+        results = map(encode_one, chunks) if jobs == 1 else ordered_map(encode_one, chunks, jobs)
+        for start, stop, part, rep, n_zero in results:
             part.obs_index = part.obs_index + start
             total["counts_total"] += rep.pop("counts_total")
             total["counts_covered"] += rep.pop("counts_covered")
-            total["n_cells_zero_counts"] += zero_count_rows(chunk, data_min)
+            total["n_cells_zero_counts"] += n_zero
             merge_report(total, rep)
             yield start, stop, part, total
         total["count_fraction_covered"] = (total["counts_covered"] / total["counts_total"]
@@ -213,7 +232,7 @@ class _Tokenizer:
     def encode(self, adata, *, layer: str | None = None, gene_key: str | None = None, id_type: str = "auto",
                species: str = "auto", input: str = "counts", chunk_size: int = 1024,
                check_coverage: bool = True, min_gene_fraction: float = 0.0, min_count_fraction: float = 0.5,
-               obs_keys=None, gene_table=None, ortholog_table=None) -> TokenizedCells:
+               obs_keys=None, gene_table=None, ortholog_table=None, n_jobs: int | None = None) -> TokenizedCells:
         """Token ids of every cell (a ragged :class:`TokenizedCells`, indexable by cell).
 
         Parameters
@@ -245,6 +264,11 @@ class _Tokenizer:
             ``report["mapping"]["vocab_fraction"]`` (share of the vocabulary present) record them.
         obs_keys
             obs columns to carry along into ``result.obs`` (default: all).
+        n_jobs
+            Threads that encode chunks side by side (rank-value tokenizers; the binning
+            tokenizer always uses one). ``None``: the cores this process may use, at most 4.
+            The tokens do not depend on it: each chunk is encoded on its own and the chunks
+            are returned in order.
 
         Cells with no counts in the tokenizable genes are left out, with an
         :class:`~tflib.tokenize.EmptyCellsWarning` that counts them (``report["n_cells_skipped_empty"]``,
@@ -259,7 +283,7 @@ class _Tokenizer:
                     adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
                     chunk_size=chunk_size, check_coverage=check_coverage,
                     min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
-                    gene_table=gene_table, ortholog_table=ortholog_table):
+                    gene_table=gene_table, ortholog_table=ortholog_table, n_jobs=n_jobs):
                 parts.append(part)
         except TokenizerInputError as err:
             hint = _count_layers_hint(adata, layer) if input == "counts" else ""
@@ -275,10 +299,12 @@ class _Tokenizer:
                         gene_key: str | None = None, id_type: str = "auto", species: str = "auto",
                         input: str = "counts", chunk_size: int = 256,
                         check_coverage: bool = True, min_gene_fraction: float = 0.0,
-                        min_count_fraction: float = 0.5, obs_keys=None, gene_table=None, ortholog_table=None):
+                        min_count_fraction: float = 0.5, obs_keys=None, gene_table=None, ortholog_table=None,
+                        n_jobs: int | None = None):
         """Stream ``source`` (an ``.h5ad`` path is opened backed) into an on-disk token store.
 
-        Same parameters as :meth:`encode`. Peak memory is set by ``chunk_size``, not by the
+        Same parameters as :meth:`encode`; with ``n_jobs > 1`` at most ``n_jobs + 1`` chunks are
+        in memory at once. Peak memory is set by ``chunk_size``, not by the
         number of cells. The store is written to a temporary folder and renamed at the end, so
         an error leaves nothing half-written; an existing ``path`` is kept unless ``overwrite=True``.
         A plain ``.h5ad`` path (CSR ``X``; no ``layer``, ``gene_key`` or ``obs_keys``) is read with
@@ -301,7 +327,7 @@ class _Tokenizer:
                         adata, layer=layer, gene_key=gene_key, id_type=id_type, species=species, input=input,
                         chunk_size=chunk_size, check_coverage=check_coverage,
                         min_gene_fraction=min_gene_fraction, min_count_fraction=min_count_fraction,
-                        gene_table=gene_table, ortholog_table=ortholog_table):
+                        gene_table=gene_table, ortholog_table=ortholog_table, n_jobs=n_jobs):
                     w.append(part.tokens, part.offsets, values=part.values, obs_index=part.obs_index)
                 w.report.update(total)
         finally:
@@ -405,3 +431,40 @@ def _count_layers_hint(adata, layer) -> str:
     if not found:
         return ""
     return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
+
+
+def resolve_jobs(n_jobs: int | None) -> int:
+    """Threads for the chunk loop: ``n_jobs``, or the cores this process may use (at most 4)."""
+    if n_jobs is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:                      # macOS, Windows
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, 4))
+    if int(n_jobs) < 1:
+        raise ValueError(f"n_jobs must be >= 1 (or None for the available cores), got {n_jobs}.")
+    return int(n_jobs)
+
+
+def ordered_map(fn, items, n_jobs: int):
+    """``map(fn, items)`` on ``n_jobs`` threads, results in input order, ``n_jobs + 1`` in flight.
+
+    ``items`` is consumed in the calling thread (for the tokenizer: HDF5 reads, which h5py
+    serialises anyway), so reading the next chunk overlaps with encoding the previous ones.
+    NumPy releases the GIL in the sorts, gathers and arithmetic that dominate a chunk. An
+    exception of ``fn`` is raised when its result is reached, as ``map`` would; the chunks
+    still queued are cancelled.
+    """
+    pool = ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="tflib-tokenize")
+    pending = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > n_jobs:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True)

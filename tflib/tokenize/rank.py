@@ -135,6 +135,8 @@ class RankValueTokenizer(_Tokenizer):
     def _save_extra(self, d) -> None:
         self.gene_medians.save(d / MEDIANS_FILE, overwrite=True)
 
+    parallel_chunks = True  # the state is scratch only: chunks are independent
+
     def _start_state(self):
         return {}
 
