@@ -10,24 +10,14 @@ import tflib.tl as tl
 from tflib.models import Transcriptformer, TranscriptformerConfig
 from tflib.tokenize import GeneVocab, RankValueTokenizer
 
+from _tiny_world import GENES, tiny_world
+
 torch.set_num_threads(1)
-GENES = [f"G{i}" for i in range(40)]
 
 
 @pytest.fixture(scope="module")
 def setup():
-    vocab = GeneVocab.from_genes(GENES[:36])                          # G36..G39 are outside the vocabulary
-    medians = {g: 1.0 + i % 4 for i, g in enumerate(GENES[:36])}
-    tok = RankValueTokenizer(vocab, medians, preset="V2")
-    rng = np.random.default_rng(1)
-    X = rng.poisson(1.2, (12, 40)).astype(np.float32)
-    adata = ad.AnnData(sp.csr_matrix(X))
-    adata.var_names = GENES
-    adata.obs["state"] = np.where(np.arange(12) < 6, "A", "B")
-    torch.manual_seed(0)
-    model = Transcriptformer(TranscriptformerConfig(vocab_size=len(vocab), max_len=24, n_layer=2, n_head=2,
-                                                    n_embd=32, n_inner=64)).eval()
-    return adata, model, tok
+    return tiny_world(12, 1.2, max_len=24, n_head=2, n_embd=32, n_inner=64)
 
 
 def _looped(adata, model, tok, genes, kind):

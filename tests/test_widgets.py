@@ -1,5 +1,4 @@
 """tflib.widgets: the explorers' pure draws and their widget callbacks, headless (issue 14, item 3)."""
-import anndata as ad
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,32 +6,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 
 import tflib.widgets as tw  # noqa: E402
-from tflib.models import Transcriptformer, TranscriptformerConfig  # noqa: E402
-from tflib.tokenize import GeneVocab, RankValueTokenizer  # noqa: E402
+
+from _tiny_world import GENES, tiny_world  # noqa: E402
 
 torch.set_num_threads(1)
-GENES = [f"G{i}" for i in range(40)]
 
 
 @pytest.fixture(scope="module")
 def setup():
-    vocab = GeneVocab.from_genes(GENES[:36])                          # G36..G39 are outside the vocabulary
-    medians = {g: 1.0 + i % 4 for i, g in enumerate(GENES[:36])}
-    tok = RankValueTokenizer(vocab, medians, preset="V2")
-    rng = np.random.default_rng(1)
-    X = rng.poisson(1.5, (10, 40)).astype(np.float32)
-    adata = ad.AnnData(sp.csr_matrix(X))
-    adata.var_names = GENES
-    adata.obs_names = [f"c{i}" for i in range(10)]
-    adata.obs["state"] = np.where(np.arange(10) < 5, "A", "B")
-    torch.manual_seed(0)
-    model = Transcriptformer(TranscriptformerConfig(vocab_size=len(vocab), max_len=48, n_layer=2, n_head=3,
-                                                    n_embd=24, n_inner=32)).eval()
-    return adata, model, tok
+    return tiny_world(10, 1.5, max_len=48, n_head=3, n_embd=24, n_inner=32)
 
 
 @pytest.fixture(autouse=True)
