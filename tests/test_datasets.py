@@ -293,3 +293,25 @@ def test_unreadable_converted_cache_is_set_aside_not_deleted(loaded):
     kept = converted.with_name(converted.name + ".corrupt")
     assert kept.read_bytes() == b"not an h5ad file"                   # the old bytes survive
     assert readers._read_h5ad(converted).n_obs == again.n_obs         # a fresh conversion took its place
+
+
+def test_chapter_lists_agree_with_the_cards_the_index_and_the_notebooks():
+    """The registry, data/README.md and each card name the same chapters, and every chapter
+    that loads a dataset by name is among them."""
+    import re
+    from pathlib import Path
+
+    from tflib.datasets.registry import REGISTRY
+
+    root = Path(__file__).resolve().parents[1]
+    index = (root / "data" / "README.md").read_text()
+    notebooks = {p.name[:2]: p.read_text() for p in (root / "notebooks").glob("[01][0-9]_*.py")}
+    for name, entry in REGISTRY.items():
+        listed = set(entry.chapters)
+        row = next(line for line in index.splitlines() if line.startswith(f"| `{name}` |"))
+        assert set(re.findall(r"\b\d\d\b", row.split("|")[5])) == listed, name
+        card = (root / "data" / f"{name}.md").read_text()
+        intended = next(line for line in card.splitlines() if line.startswith("| intended chapters"))
+        assert set(re.findall(r"\b(\d\d) ", intended.split("|")[2] + " ")) == listed, name
+        loading = {ch for ch, text in notebooks.items() if f'load("{name}")' in text}
+        assert loading <= listed, f"{name}: loaded in chapters {sorted(loading - listed)} too"

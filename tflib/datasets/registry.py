@@ -78,7 +78,7 @@ def _entries() -> list[DatasetEntry]:
         license="GPL-3", kind="anndata", reader="rda_pancreas", organism="Mus musculus",
         description="Mouse pancreatic endocrinogenesis at E15.5: 739 cells x 7,192 genes with "
                     "spliced/unspliced counts and 8 cluster labels (the scVelo pancreas data).",
-        chapters=("01", "08", "09", "10"),
+        chapters=("01", "04", "08", "09", "10", "13"),
         citation="Bastidas-Ponce A, Tritschler S, Dony L, et al. Comprehensive single cell mRNA "
                  "profiling reveals a detailed roadmap for pancreatic endocrinogenesis. "
                  "Development 146(12):dev173849 (2019). GEO GSE132188.",
@@ -94,7 +94,7 @@ def _entries() -> list[DatasetEntry]:
         license="BSD-3-Clause", kind="anndata", reader="h5ad", organism="Mus musculus",
         description="Mouse dentate gyrus, 200 cells x 530 genes, already processed by scVelo "
                     "(Ms, Mu, velocity layers; velocity graph). Small enough for unit tests.",
-        chapters=("08", "09"),
+        chapters=("06",),
         citation="La Manno G, Soldatov R, Zeisel A, et al. RNA velocity of single cells. "
                  "Nature 560:494-498 (2018); data from Hochgerner H, Zeisel A, Lonnerberg P, "
                  "Linnarsson S. Nat Neurosci 21:290-299 (2018), GEO GSE95753.",
@@ -109,7 +109,7 @@ def _entries() -> list[DatasetEntry]:
         license="GPL-3.0-or-later", kind="anndata", reader="rda_seurat", organism="Homo sapiens",
         description="Human PBMC, control vs IFN-beta stimulated: 2,000 cells x 13,215 genes, "
                     "13 annotated cell types; raw counts rebuilt exactly from the log-normalised slot.",
-        chapters=("01", "02", "04", "06", "07", "11"),
+        chapters=("01", "02", "04", "05", "06", "07", "14"),
         citation="Kang HM, Subramaniam M, Targ S, et al. Multiplexed droplet single-cell "
                  "RNA-sequencing using natural genetic variation. Nat Biotechnol 36:89-94 (2018). "
                  "GEO GSE96583.",
@@ -124,7 +124,7 @@ def _entries() -> list[DatasetEntry]:
         license="GPL-3", kind="anndata", reader="h5ad", organism="Homo sapiens",
         description="scGen's validation split of the Kang PBMC data: 1,975 cells x 6,998 genes, "
                     "log-normalised; condition and 7 cell types.",
-        chapters=("11",),
+        chapters=("06", "11", "14"),
         citation="Kang HM, et al. Nat Biotechnol 36:89-94 (2018); split from Lotfollahi M, Wolf FA, "
                  "Theis FJ. scGen predicts single-cell perturbation responses. Nat Methods 16:715-721 (2019).",
         packaged_by="scGen, theislab/scgen",
@@ -139,7 +139,7 @@ def _entries() -> list[DatasetEntry]:
         license="BSD-3-Clause", kind="anndata", reader="h5ad", organism="Homo sapiens",
         description="Genetic perturbations, 5,961 cells x 500 HVGs, log-normalised: Norman 2019 "
                     "K562 CRISPRa singles and doubles plus McFaline-Figueroa CRISPRi in 3 glioma lines.",
-        chapters=("11", "12"),
+        chapters=("06", "11"),
         citation="Norman TM, Horlbeck MA, Replogle JM, et al. Exploring genetic interaction "
                  "manifolds constructed from rich single-cell phenotypes. Science 365:786-793 (2019); "
                  "McFaline-Figueroa JL, et al. (CRISPRi in glioblastoma lines, sci-Plex-GxE).",
