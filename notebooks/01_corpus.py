@@ -56,7 +56,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import tflib
 import tflib.datasets as tds
-from tflib.pl.workflow import OKABE_ITO
+from tflib.pl.workflow import OKABE_ITO, TOL_13
 from tflib.utils import round_sig
 
 SEED = 0
@@ -64,23 +64,9 @@ rng = tflib.utils.notebook_setup(SEED)  # seeds, quiet libraries, plot style
 sc.settings.n_jobs = 2
 
 # Colour-blind-safe palettes: Okabe-Ito (8 colours) and, for the 13 PBMC types, Paul
-# Tol's "muted" scheme extended with four of his "light" colours. Labels are also
-# written on the plots, so colour is never the only cue.
-TOL_13 = [
-    "#CC6677",
-    "#332288",
-    "#DDCC77",
-    "#117733",
-    "#88CCEE",
-    "#882255",
-    "#44AA99",
-    "#999933",
-    "#AA4499",
-    "#EE8866",
-    "#77AADD",
-    "#BBCC33",
-    "#000000",
-]
+# Tol's "muted" scheme extended with four of his "light" colours
+# (tflib.pl.workflow.TOL_13). Labels are also written on the plots, so colour is never
+# the only cue.
 STIM_COLOURS = [OKABE_ITO["blue"], OKABE_ITO["orange"]]
 
 

@@ -73,6 +73,7 @@ import tflib
 import tflib.datasets as tds
 import tflib.stats as stats
 import tflib.tl as tl
+from tflib.pl.workflow import OKABE_ITO, TOL_13
 from tflib.utils import round_sig
 
 SEED = 0
@@ -96,22 +97,7 @@ print("device:", tflib.utils.get_device())
 
 # Colour-blind-safe palettes (Paul Tol's muted + light for 13 types, Okabe-Ito for the
 # condition).
-TOL_13 = [
-    "#CC6677",
-    "#332288",
-    "#DDCC77",
-    "#117733",
-    "#88CCEE",
-    "#882255",
-    "#44AA99",
-    "#999933",
-    "#AA4499",
-    "#EE8866",
-    "#77AADD",
-    "#BBCC33",
-    "#000000",
-]
-STIM_COLOURS = ["#0072B2", "#E69F00"]
+STIM_COLOURS = [OKABE_ITO["blue"], OKABE_ITO["orange"]]
 
 
 # %% [markdown]

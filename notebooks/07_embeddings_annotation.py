@@ -76,6 +76,7 @@ import tflib.datasets as tds
 import tflib.tl as tl
 from tflib.models import course_checkpoint
 from tflib.train import FinetuneConfig
+from tflib.pl.workflow import TOL_13
 from tflib.utils import round_sig
 
 SEED = 0
@@ -154,19 +155,7 @@ train_tokens = [tokens[i] for i in np.flatnonzero(train_mask)]
 test_tokens = [tokens[i] for i in np.flatnonzero(test_mask)]
 
 # Paul Tol's colour-blind-safe palette, as in chapter 02.
-adata.uns["cell_type_colors"] = [
-    "#CC6677",
-    "#332288",
-    "#DDCC77",
-    "#117733",
-    "#88CCEE",
-    "#882255",
-    "#44AA99",
-    "#999933",
-    "#AA4499",
-    "#EE8866",
-    "#77AADD",
-]
+adata.uns["cell_type_colors"] = TOL_13[: adata.obs["cell_type"].nunique()]
 sc.pp.neighbors(adata, use_rep="X_tf", random_state=SEED)
 sc.tl.umap(adata, random_state=SEED)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -24,6 +24,13 @@ OKABE_ITO: dict[str, str] = {
     "purple": "#CC79A7",
 }
 
+#: Thirteen colour-blind-safe colours for the 13 PBMC types of the Kang data (chapters 01, 02
+#: and 07): Paul Tol's "muted" scheme extended with four of his "light" colours, and black.
+TOL_13: list[str] = [
+    "#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99",
+    "#999933", "#AA4499", "#EE8866", "#77AADD", "#BBCC33", "#000000",
+]
+
 # One colour per fate, used in panel C and D alike.
 _FATES = {"A": OKABE_ITO["orange"], "B": OKABE_ITO["blue"], "C": OKABE_ITO["purple"]}
 _GREY = "#8C8C8C"
