@@ -92,6 +92,9 @@ def test_bad_input_names_the_fix(tmp_path):
         tl.load_or_build(tmp_path / "b.h5ad", tds.simulate, adata=adata)
     assert not (tmp_path / "b.h5ad").exists()
     assert ARTIFACT_KEY not in adata.uns
+    with pytest.raises(TypeError, match="module level"):
+        tl.load_or_build(tmp_path / "c.h5ad", lambda **kw: tds.simulate(**kw), **SMALL)
+    assert not (tmp_path / "c.h5ad").exists()
 
 
 def test_course_world_is_the_documented_simulate_call():

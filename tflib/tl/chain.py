@@ -53,6 +53,9 @@ def _record(recipe: Callable, kwargs: dict[str, Any]) -> dict[str, str]:
     import tflib
 
     name = f"{recipe.__module__}.{recipe.__qualname__}"
+    if "<" in recipe.__qualname__:        # every lambda is called "<lambda>": two would match
+        raise TypeError(f"recipe {name} is a lambda or a local function, so the file could not "
+                        "say which call made it; pass a function defined at module level.")
     return {"recipe": name, "kwargs": json.dumps(kwargs, sort_keys=True),
             "tflib_version": tflib.__version__, "source_sha256": _tflib_source_sha256()}
 
