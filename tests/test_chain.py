@@ -124,3 +124,13 @@ def test_cellrank_world_names_states_after_true_fates(tmp_path):
     path = tl.save_artifact(world, tmp_path / "w.h5ad", tl.cellrank_world, world_seed=11)
     again = tl.load_or_build(path, tl.cellrank_world, world_seed=11)
     assert np.allclose(again.obsm["fate_probs_cellrank"][fates], P[fates])
+
+
+def test_a_file_that_is_not_hdf5_is_left_alone(tmp_path, capsys):
+    path = tmp_path / "world.h5ad"
+    path.write_text("my notes, not an AnnData")
+    got = tl.load_or_build(path, tds.simulate, **SMALL)
+    out = capsys.readouterr().out
+    assert "holds no tflib record" in out and "left as it is" in out
+    assert path.read_text() == "my notes, not an AnnData"
+    assert got.n_obs == SMALL["n_cells"]

@@ -88,6 +88,20 @@ def _same_call(saved: dict | None, wanted: dict) -> bool:
     return all(str(saved.get(k)) == wanted[k] for k in wanted)
 
 
+def _saved_record(path: Path) -> dict | None:
+    """The ``uns["tflib_artifact"]`` record of an ``.h5ad`` file, read alone (h5py); ``None``
+    when the file has none or is not an HDF5 file (a foreign file, left as it is)."""
+    import h5py
+    from anndata.io import read_elem
+
+    try:
+        with h5py.File(path, "r") as f:
+            node = f.get(f"uns/{ARTIFACT_KEY}")
+            return None if node is None else dict(read_elem(node))
+    except OSError:
+        return None
+
+
 def save_artifact(adata, path, recipe: Callable, *, overwrite: bool = False, **kwargs) -> Path:
     """Write ``adata`` to ``path`` (``.h5ad``), recording that ``recipe(**kwargs)`` made it.
 
@@ -154,9 +168,9 @@ def load_or_build(path, recipe: Callable, *, save: bool = True, **kwargs):
     wanted = _record(recipe, kwargs)
     call = describe_call(wanted)
     if path.exists():
-        saved = ad.read_h5ad(path)
-        found = saved.uns.get(ARTIFACT_KEY)
+        found = _saved_record(path)                  # the record alone: a stale file is not read
         if _same_call(found, wanted):
+            saved = ad.read_h5ad(path)
             print(f"loaded {path} (saved by {call})")
             return saved
         if found and all(str(found.get(k)) == wanted[k] for k in ("recipe", "kwargs")):
