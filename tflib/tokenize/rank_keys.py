@@ -22,11 +22,11 @@ a ``(cells, longest cell)`` table whose other slots hold a padding key that sort
 ``ndarray.sort(axis=1)`` sorts every row in one C call, and each row's first ``nnz`` entries
 are read back (in the usual case, fused with the framing: :func:`sorted_framed` reads only the
 first ``max_genes`` ids of each row, already between ``<cls>`` and ``<eos>``). (A global sort
-of the chunk followed by a stable sort on cell ids is about five times slower: one sort over many cells leaves the CPU cache.)
-The sort is most of the time: about 20 ns per key with NumPy 2.2's AVX-512 sort on this
-course's AMD EPYC machine, about 8 ns with its AVX2 sort (``NPY_DISABLE_CPU_FEATURES``; see
-benchmarks/README.md). The keys are sorted
-through a float64 view (NumPy's float64 sort is slightly faster), which orders them exactly
+of the chunk followed by a stable sort on cell ids is about five times slower: one sort over
+many cells leaves the CPU cache.) The sort is the largest single cost, and it depends on the
+CPU: NumPy 2.2's AVX-512 sort takes about 6 ns per key on an Intel Xeon but about 20 ns on an
+AMD EPYC, where its AVX2 sort (``NPY_DISABLE_CPU_FEATURES``) takes about 8 ns; see
+benchmarks/README.md. The keys are sorted through a float64 view (NumPy's float64 sort is slightly faster), which orders them exactly
 like the integers as long as none of them is a NaN bit pattern, i.e. unless some value is
 subnormal; then they are sorted as integers. Vocabularies of more than ``2**20`` tokens take
 a ``np.lexsort`` path with the same rule.
