@@ -737,7 +737,8 @@ with warnings.catch_warnings():
             goal_key="perturbation",
             goal=label,
             cells=control_ids,
-            encode_kwargs={**enc, "check_coverage": False},
+            encode_kwargs=enc,
+            check_coverage=False,
         )
         per_gene = tab.groupby("gene")["goal_cosine_shift"].mean()
         real, null = per_gene[label], per_gene.drop(label)

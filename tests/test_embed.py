@@ -177,6 +177,7 @@ def _verbs(model, tmp_split):
         "annotate": lambda a, tok, **kw: tl.annotate(a, dummy_classifier, tokenizer=tok, **kw),
         "finetune_annotator": lambda a, tok, **kw: tl.finetune_annotator(a, "cell_type", tmp_split(a), model,
                                                                          tok, epochs=0, **kw),
+        "perturb": lambda a, tok, **kw: tl.perturb(a, model, tok, "all", **kw),
     }
 
 
@@ -184,7 +185,7 @@ def _split_for(a):
     return tl.Split(train=a.obs_names[:9], test=a.obs_names[9:])
 
 
-@pytest.mark.parametrize("verb", ["embed", "gene_embeddings", "annotate", "finetune_annotator"])
+@pytest.mark.parametrize("verb", ["embed", "gene_embeddings", "annotate", "finetune_annotator", "perturb"])
 def test_every_verb_applies_the_same_coverage_check(low_coverage, verb):
     from tflib.tokenize import VocabularyCoverageError
 
@@ -206,3 +207,21 @@ def test_every_verb_applies_the_same_coverage_check(low_coverage, verb):
     assert spy.seen == [False]                                        # passed through, not overridden
     with pytest.raises(TypeError, match="check_coverage"):
         call(a, spy, encode_kwargs={"check_coverage": False})         # one switch, visible in the call
+
+
+def test_a_layer_name_in_a_model_verb_points_to_encode_kwargs(setup):
+    """In tl.embed/tl.perturb ``layer`` is a hidden state; the tokenizer's advice "layer='counts'"
+    is rewritten for them, and the rewritten advice works."""
+    a, model, tok = setup[:3]
+    logn = a.copy()
+    logn.layers["counts"] = logn.X.copy()
+    logn.X = logn.X.copy()
+    logn.X.data = np.log1p(logn.X.data).astype(np.float32)
+    for verb in (lambda **kw: tl.embed(logn, model, tok, **kw),
+                 lambda **kw: tl.perturb(logn, model, tok, "all", **kw)):
+        with pytest.raises(TypeError, match=r"encode_kwargs=\{'layer': 'counts'\}"):
+            verb(layer="counts")
+        with pytest.raises(ValueError, match=r"not raw counts.*encode_kwargs=\{'layer': 'counts'\}"):
+            verb()
+        verb(encode_kwargs={"layer": "counts"})                      # the advice, followed, works
+    assert "X_tf" in logn.obsm

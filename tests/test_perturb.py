@@ -131,7 +131,7 @@ def test_bad_inputs_name_the_fix(setup):
         tl.perturb(adata, model, tok, "G1", kind="knockdown")
     with pytest.raises(ValueError, match="none of the genes"):
         tl.perturb(adata, model, tok, ["G37", "G38"])
-    with pytest.warns(UserWarning, match=r"1 gene\(s\) outside the tokenizer's vocabulary were dropped"):
+    with pytest.warns(UserWarning, match=r"1 gene\(s\) that the tokenizer cannot read were dropped"):
         tl.perturb(adata, model, tok, ["G1", "G37"])
     with pytest.raises(KeyError, match="neither in adata nor in the tokenizer's vocabulary"):
         tl.perturb(adata, model, tok, ["NOPE"])

@@ -28,7 +28,7 @@ from tflib._compat import renamed_kwargs
 from tflib.tokenize import special_token_ids
 from tflib.utils import get_device
 
-from ._tokens import encode_cells
+from ._tokens import check_layer_index, encode_cells
 
 __all__ = ["embed", "gene_embeddings"]
 
@@ -132,6 +132,7 @@ def embed(adata, model, tokenizer, *, key_added: str = "X_tf", pooling: str = "c
     """
     if pooling not in ("cls", "mean"):
         raise ValueError(f"pooling={pooling!r}; use 'cls' or 'mean'.")
+    layer = check_layer_index(layer)
     device = get_device(device) if not isinstance(device, torch.device) else device
     cells, rows = _tokens_for(adata, model, tokenizer, tokens, encode_kwargs, check_coverage)
     vocab = getattr(tokenizer, "vocab", None)
@@ -207,6 +208,7 @@ def gene_embeddings(adata, model, tokenizer, *, kind: str = "static", key_added:
     """
     if kind not in ("static", "contextual"):
         raise ValueError(f"kind={kind!r}; use 'static' or 'contextual'.")
+    layer = check_layer_index(layer)
     names = adata.var_names if gene_key is None else adata.var[gene_key].astype(str)
     gene_ids = np.asarray(tokenizer.vocab.map_genes(list(names)).ids)        # (n_vars,), -1 = not in vocab
     D = model.config.n_embd

@@ -26,6 +26,7 @@ import torch
 
 from tflib.utils import get_device
 
+from ._tokens import check_layer_index, encode_cells
 from .perturb_tokens import KINDS, gene_positions, pad_cells, perturbed_batch, perturbed_units
 
 __all__ = ["perturb", "perturb_summary"]
@@ -63,13 +64,14 @@ def _resolve_genes(adata, tokenizer, genes, encode_kwargs):
     kept = [u for u in units if all(lookup[g] >= 0 for g in u)]
     if not kept:
         raise ValueError(f"none of the genes {outside[:5]} is in the tokenizer's vocabulary, so none can be "
-                         "perturbed; choose genes the tokenizer knows (tokenizer.gene_columns(adata) >= 0).")
+                         "perturbed; choose genes the tokenizer knows (tokenizer.gene_columns(adata)[0] >= 0 marks them).")
     if outside:
         import warnings
 
         label = ["+".join(u) for u in outside]
-        warnings.warn(f"{len(outside)} gene(s) outside the tokenizer's vocabulary were dropped: {label[:10]}.",
-                      stacklevel=3)
+        warnings.warn(f"{len(outside)} gene(s) that the tokenizer cannot read were dropped: {label[:10]} "
+                      "(not in its vocabulary once identifiers are mapped, e.g. a mouse symbol without a "
+                      "human ortholog in the mapping table, or without a gene median).", stacklevel=3)
     k = max(len(u) for u in kept)
     ids = np.full((len(kept), k), -1, dtype=np.int64)
     for i, u in enumerate(kept):
@@ -99,7 +101,8 @@ def _fate_proba(fate_model, ids, mask):
 def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=None,
             goal_key: str | None = None, goal: str | None = None, velocity_key: str | None = None, cells=None,
             pooling: str = "cls", layer: int = -1, batch_size: int = 16, device=None, tokens=None,
-            progress: bool | None = None, encode_kwargs: dict | None = None) -> pd.DataFrame:
+            check_coverage: bool = True, progress: bool | None = None,
+            encode_kwargs: dict | None = None) -> pd.DataFrame:
     """Delete or overexpress genes in every cell, in silico, and score the shifts (chapter 11).
 
     Parameters
@@ -137,7 +140,11 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         (on 2 CPU cores small batches were fastest: 16 by default; on a GPU use hundreds).
         The device comes from :func:`tflib.utils.get_device` when ``None``.
     tokens, encode_kwargs
-        Pre-computed ``tokenizer.encode(adata)`` output, or arguments for it.
+        Pre-computed ``tokenizer.encode(adata)`` output, or arguments for it (e.g.
+        ``{"layer": "counts"}``).
+    check_coverage
+        As in :func:`tflib.tl.embed`: refuse input whose counts fall mostly outside the
+        tokenizer's genes; ``False`` tokenizes the covered genes anyway.
     progress
         Show a progress bar (default: for more than 20,000 perturbations).
 
@@ -146,13 +153,18 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
     pandas.DataFrame
         One row per (cell, gene): ``cell``, ``gene``, ``kind``, ``expressed``, ``rank`` (the
         gene's position among the cell's tokens, ``-1`` if absent), ``embedding_shift_l2``,
-        ``embedding_shift_cosine`` and the optional score columns above. Writes nothing into
-        ``adata``. Deterministic: the model runs in eval mode.
+        ``embedding_shift_cosine`` and the optional score columns above. ``expressed`` means
+        that the gene has a token in the cell's sequence: it has counts *and* ranks within the
+        tokenizer's ``max_len`` (the course tokenizer keeps a cell's top 126 genes), so a gene
+        whose counts rank below that cut counts as absent (a deletion leaves the cell as it
+        was, an overexpression inserts it). Writes nothing into ``adata``. Deterministic: the
+        model runs in eval mode.
     """
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not a perturbation; use kind='delete' or kind='overexpress'.")
     if pooling not in ("cls", "mean"):
         raise ValueError(f"pooling={pooling!r}; use 'cls' or 'mean'.")
+    layer = check_layer_index(layer)
     encode_kwargs = dict(encode_kwargs or {})
     _check_models(model, tokenizer, fate_model)
     names, gene_ids = _resolve_genes(adata, tokenizer, genes, encode_kwargs)
@@ -164,8 +176,8 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
     device = device if isinstance(device, torch.device) else get_device(device)
     vocab = tokenizer.vocab
     pad_id = vocab.pad_id if vocab.pad_id is not None else model.config.pad_token_id
-    cells = tokens if tokens is not None else tokenizer.encode(adata, **encode_kwargs)
-    rows = np.asarray(getattr(cells, "obs_index", np.arange(len(cells))), dtype=np.int64)
+    cells, rows = encode_cells(adata, tokenizer, tokens=tokens, encode_kwargs=encode_kwargs,
+                               check_coverage=check_coverage)
     ids, lengths = pad_cells(cells, pad_id)                                              # (N, L), (N,)
     front = 1 if vocab.cls_id is not None and len(cells) and int(ids[0, 0]) == vocab.cls_id else 0
     if pooling == "cls" and front == 0:
