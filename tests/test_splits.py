@@ -82,6 +82,18 @@ def test_cell_level_split_stratified(adata):
     assert len(split.train.intersection(split.test)) == 0
 
 
+def test_a_class_too_small_to_stratify_names_it_and_the_fix_works(adata):
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
+    adata.obs.loc["cell0", "cell_type"] = "Platelet"                  # one cell of its kind
+    before = adata.obs.copy()
+    with pytest.raises(ValueError, match=r"1 class\(es\) of obs\['cell_type'\] have a single cell: \['Platelet'\]"):
+        make_split(adata, test_size=0.5, stratify="cell_type", seed=0)
+    pd.testing.assert_frame_equal(adata.obs, before)                  # nothing written
+    kept = adata[adata.obs["cell_type"].map(adata.obs["cell_type"].value_counts()) >= 2].copy()  # the fix
+    split = make_split(kept, test_size=0.5, stratify="cell_type", seed=0)
+    assert len(split.test) + len(split.train) == 59
+
+
 def test_leaking_cells_raise(adata):
     with pytest.raises(SplitLeakError, match=r"2 cell\(s\) are in both train and test"):
         check_split(adata, train=adata.obs_names[:40], test=adata.obs_names[38:])

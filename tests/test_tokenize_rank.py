@@ -141,6 +141,40 @@ def test_log_normalised_values_raise_unless_declared_normalised():
     assert len(c) == 50 and c[0][0] == tok.vocab.cls_id
 
 
+def test_log_values_declared_normalised_warn_and_the_fixes_work():
+    import warnings
+
+    from tflib.pp import counts_from_lognorm
+
+    a = synthetic_counts(50, 80)
+    tok = _tokenizer(a)
+    totals = np.asarray(a.X.sum(1)).ravel()
+    norm = a.copy()
+    norm.X = sp.csr_matrix(a.X.astype(np.float64).multiply(1e4 / totals[:, None]))
+    logn = norm.copy()
+    logn.X = norm.X.copy()
+    logn.X.data = np.log1p(logn.X.data)
+    logn.obs["total"] = totals
+    with pytest.raises(TokenizerInputError, match=r"counts_from_lognorm\(adata, total_key=\.\.\.\)"):
+        tok.encode(logn)                                             # the error names the rebuild
+    with pytest.warns(UserWarning, match="looks log-transformed"):
+        wrong = tok.encode(logn, input="normalized")                 # accepted, but not silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right = tok.encode(norm, input="normalized")                 # normalised values: no warning
+    assert any(list(wrong[i]) != list(right[i]) for i in range(len(right)))
+    # fix 1 of the message: expm1 of the log values gives the normalised tokens back
+    undone = logn.copy()
+    undone.X = logn.X.copy()
+    undone.X.data = np.expm1(undone.X.data)
+    fixed = tok.encode(undone, input="normalized")
+    assert all(list(fixed[i]) == list(right[i]) for i in range(len(right)))
+    # fix 2: counts rebuilt from the log values tokenize like the raw counts
+    counts_from_lognorm(logn, total_key="total")
+    rebuilt, raw = tok.encode(logn, layer="counts"), tok.encode(a)
+    assert all(list(rebuilt[i]) == list(raw[i]) for i in range(len(raw)))
+
+
 @pytest.mark.parametrize("bad,match", [(-1.0, "negative"), (np.nan, "NaN"), (np.inf, "NaN or infinite")])
 def test_negative_nan_inf_raise(bad, match):
     a = synthetic_counts(30, 50)

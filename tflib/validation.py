@@ -129,7 +129,7 @@ def _scan_matrix(M, require_integer, chunk_size) -> _Tally:
 
 
 def check_counts(X, *, layer: str | None = None, name: str | None = None, require_integer: bool = True,
-                 chunk_size: int = _DEFAULT_CHUNK, fix: str | None = None) -> None:
+                 chunk_size: int = _DEFAULT_CHUNK, fix: str | None = None, advice: str | None = None) -> None:
     """Raise :class:`CountsError` unless every value of ``X`` is a finite, non-negative count.
 
     Used by the tokenizers, :func:`tflib.tl.velocity` and :func:`tflib.tl.scvi_integrate`
@@ -153,6 +153,10 @@ def check_counts(X, *, layer: str | None = None, name: str | None = None, requir
         Values per chunk; bounds the temporary memory.
     fix
         An extra, caller-specific sentence appended to the message (e.g. the name of an option).
+    advice
+        Replaces the default advice (``"Fix: pass the raw counts layer, e.g. layer='counts'
+        ..."``) for a caller whose own arguments differ (e.g. :func:`tflib.tl.velocity`, which
+        reads fixed layers).
 
     Raises
     ------
@@ -180,8 +184,12 @@ def check_counts(X, *, layer: str | None = None, name: str | None = None, requir
                  else "It looks size-normalised (per-cell scaled), not raw.")
     else:
         looks = "NaN or infinite values are never counts (a division by a zero total, or a failed merge?)."
-    advice = ("Fix: pass the raw counts layer, e.g. layer='counts' (or reload the raw data / adata.raw); "
-              "counts are never normalised or log-transformed beforehand.")
+    if advice is None:
+        advice = ("Fix: pass the raw counts layer, e.g. layer='counts' (or reload the raw data / adata.raw); "
+                  "counts are never normalised or log-transformed beforehand.")
+        if tally.n["fraction"] and not tally.n["negative"] and tally.max_value < 20:
+            advice += (" If adata.obs holds each cell's total count, tflib.pp.counts_from_lognorm(adata, "
+                       "total_key=...) rebuilds the counts from log-normalised values.")
     if tally.n["nonfinite"] and not (tally.n["negative"] or tally.n["fraction"]):
         advice += (" If the NaN mark genuinely missing measurements, replace them by 0 "
                    "(X.data = np.nan_to_num(X.data)) or drop the affected cells.")

@@ -40,6 +40,10 @@ class VelocityCountsError(VelocityInputError, CountsError):
     :class:`tflib.validation.CountsError`)."""
 
 
+_COUNTS_ADVICE = (
+    "Fix: put the raw spliced and unspliced counts (as velocyto, STARsolo or alevin-fry write them) in "
+    "adata.layers['spliced'] and adata.layers['unspliced'], before any normalisation."
+)
 _COUNTS_HINT = (
     "scVelo normalises the spliced and unspliced layers itself, and normalising twice distorts the "
     "unspliced/spliced ratios that velocity is estimated from. If you are sure the layers were only "
@@ -76,7 +80,7 @@ def check_velocity_input(adata, *, check_counts: bool = True) -> str:
         raise VelocityInputError("The 'spliced' and 'unspliced' layers have different shapes.")
     for key in ("spliced", "unspliced"):
         try:
-            check_counts_full(adata, layer=key, require_integer=check_counts)
+            check_counts_full(adata, layer=key, require_integer=check_counts, advice=_COUNTS_ADVICE)
         except CountsError as err:
             message = str(err).replace("does not hold raw counts", "does not hold raw integer counts", 1)
             raise VelocityCountsError(f"{message} {_COUNTS_HINT}") from None

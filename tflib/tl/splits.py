@@ -173,7 +173,20 @@ def make_split(
                 raise KeyError(f"adata.obs has no column {stratify!r} to stratify by.")
             strat = adata.obs[stratify].astype(str).to_numpy()
         idx = np.arange(adata.n_obs)
-        tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+        try:
+            tr, te = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+        except ValueError as err:
+            if strat is None:
+                raise
+            sizes = pd.Series(strat).value_counts()
+            rare = sizes[sizes < 2]
+            detail = (f"{len(rare)} class(es) of obs[{stratify!r}] have a single cell: {list(rare.index[:5])}"
+                      if len(rare) else f"obs[{stratify!r}] has {len(sizes)} classes")
+            raise ValueError(
+                f"cannot stratify the split by obs[{stratify!r}]: {detail}, and a stratified split needs "
+                f"every class in both parts ({err}). Fix: drop or merge the rare classes first "
+                f"(e.g. adata[adata.obs[{stratify!r}].map(adata.obs[{stratify!r}].value_counts()) >= 2]), "
+                "choose a test_size that leaves room for every class, or pass stratify=None.") from err
         split = Split(names[np.sort(tr)], names[np.sort(te)], by=None, seed=seed)
 
     check_split(adata, split=split)

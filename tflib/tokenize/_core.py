@@ -107,11 +107,18 @@ def validate_values(data: np.ndarray, input: str, where: str = ""):
         raise TokenizerInputError(f"The expression matrix{where} contains negative values (min {lo:.3g}); "
                                   "it looks scaled or centred. Fix: tokenize raw counts (e.g. layer='counts').")
     if input == "counts" and data.dtype.kind == "f" and not np.array_equal(data, np.floor(data)):
-        hint = " It looks log-normalised (all values < 20)." if hi < 20 else ""
+        if hi < 20:
+            hint = " It looks log-normalised (all values < 20)."
+            fix = ("Fix: pass the raw counts (layer='counts' or adata.raw). Without them, if adata.obs holds "
+                   "each cell's total count, tflib.pp.counts_from_lognorm(adata, total_key=...) rebuilds the "
+                   "counts from log-normalised values (then layer='counts'). input='normalized' is only for "
+                   "per-cell normalised values that were not log-transformed.")
+        else:
+            hint = ""
+            fix = ("Fix: pass the raw counts (layer='counts' or adata.raw), or, if the values really are per-cell "
+                   "normalised (counts / n_counts * 1e4, not log), pass input='normalized'.")
         raise TokenizerInputError(
-            f"The expression matrix{where} has non-integer values, so it is not raw counts.{hint} Fix: pass the raw "
-            "counts (layer='counts' or adata.raw), or, if the values really are per-cell normalised "
-            "(counts / n_counts * 1e4, not log), pass input='normalized'.")
+            f"The expression matrix{where} has non-integer values, so it is not raw counts.{hint} {fix}")
     return lo
 
 

@@ -172,12 +172,15 @@ class _Tokenizer:
                 state = local.state = self._start_state()
             data_min = validate_values(chunk.data, input, where=f" (cells {start}-{stop})")
             part, rep = self._encode_chunk(chunk, data_min, colmap, dup, state, input)
-            return start, stop, part, rep, zero_count_rows(chunk, data_min)
+            top = float(chunk.data.max()) if input == "normalized" and chunk.data.size else -np.inf
+            return start, stop, part, rep, zero_count_rows(chunk, data_min), top
 
         jobs = resolve_jobs(n_jobs) if self.parallel_chunks else 1
         chunks = iter_csr_chunks(adata, layer, chunk_size)
         results = map(encode_one, chunks) if jobs == 1 else ordered_map(encode_one, chunks, jobs)
-        for start, stop, part, rep, n_zero in results:
+        largest = -np.inf
+        for start, stop, part, rep, n_zero, top in results:
+            largest = max(largest, top)
             part.obs_index = part.obs_index + start
             total["counts_total"] += rep.pop("counts_total")
             total["counts_covered"] += rep.pop("counts_covered")
@@ -186,6 +189,15 @@ class _Tokenizer:
             yield start, stop, part, total
         total["count_fraction_covered"] = (total["counts_covered"] / total["counts_total"]
                                            if total["counts_total"] else 0.0)
+        if 1 < largest < LOG_LIKE_MAX:
+            where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+            warnings.warn(
+                f"input='normalized', but the largest value of {where} is {largest:.3g}: it looks "
+                "log-transformed (log1p of values normalised to 10,000 stay below 10). Tokens are ranked "
+                "by value / gene median, so log values give other tokens than the normalised ones. Fix: "
+                "pass the normalised values before log1p (np.expm1 of the data), or rebuild raw counts with "
+                "tflib.pp.counts_from_lognorm(adata, total_key=...) and tokenize those. Ignore this if the "
+                "values really are normalised to a small total.", UserWarning, stacklevel=4)
         self._check_result(adata, total, layer=layer, gene_key=gene_key, id_type=id_type, species=species,
                            check_coverage=check_coverage, min_count_fraction=min_count_fraction,
                            gene_table=gene_table, ortholog_table=ortholog_table)
@@ -431,6 +443,11 @@ def _count_layers_hint(adata, layer) -> str:
     if not found:
         return ""
     return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
+
+
+#: ``input="normalized"`` with every value below this (and some above 1) looks log-transformed:
+#: log1p of counts normalised to 1e4 (scanpy's usual target) or even 1e6 stays below 14.
+LOG_LIKE_MAX = 15.0
 
 
 def resolve_jobs(n_jobs: int | None) -> int:
