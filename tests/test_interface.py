@@ -93,3 +93,16 @@ def test_docstring_names_chapter_returns_and_written_keys(pkg, name, func):
         assert KEY_PATTERN.search(doc), f"{pkg}.{name}: list every key it writes (obs[...], uns[...], ...)"
     if "copy" in params:
         assert "copy" in doc.split("Returns")[0], f"{pkg}.{name}: document what copy=True returns"
+
+
+@pytest.mark.parametrize("pkg", ["tflib.pp", "tflib.tl", "tflib.pl", "tflib.datasets", "tflib.models",
+                                 "tflib.stats", "tflib.train", "tflib.tokenize"])
+def test_help_on_a_package_lists_every_public_name(pkg):
+    """``help(tflib.tl)`` shows what the package offers, not only a pointer to CONTRIBUTING.md."""
+    mod = importlib.import_module(pkg)
+    doc = mod.__doc__
+    assert doc.startswith(f"{pkg} -- ") and "Public names, by topic module" in doc
+    listed = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", doc))
+    assert set(mod.__all__) <= listed, sorted(set(mod.__all__) - listed)
+    for module in set(mod._EXPORTS.values()):
+        assert re.search(rf"^{module} -- \S", doc, re.M), f"{module} has no docstring line in {pkg}'s help"

@@ -1,5 +1,5 @@
-"""tflib.datasets -- see CONTRIBUTING.md. Exported names are loaded lazily from their topic module."""
-from tflib._lazy import lazy_exports
+"""tflib.datasets -- the offline datasets registry, the simulator with known answers, its knockouts and screens (full list below)."""
+from tflib._lazy import lazy_exports, package_doc
 
 # name -> module inside this package. Add one line per public name.
 _EXPORTS: dict[str, str] = {
@@ -17,4 +17,5 @@ _EXPORTS: dict[str, str] = {
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__doc__ = package_doc(__file__, __doc__, _EXPORTS)
 __all__ = sorted(_EXPORTS)
