@@ -66,3 +66,21 @@ def test_non_count_x_error_names_a_counts_layer_that_works():
         pp.tokenize(a, tok)
     pp.tokenize(a, tok, layer="counts")                 # the suggested fix works
     assert "tokens" in a.obsm
+
+
+def test_non_count_x_without_a_counts_layer_says_so_or_points_to_raw():
+    a = synthetic_counts(30, 50)
+    tok = _tokenizer(synthetic_counts(30, 50))
+    counts = a.X.copy()
+    a.X = a.X.astype(np.float64)
+    a.X.data = np.log1p(a.X.data)
+    with pytest.raises(ValueError, match=r"None of this AnnData's layers \(it has none\) nor adata.raw"):
+        pp.tokenize(a, tok)
+    b = a.copy()
+    b.X = counts
+    a.raw = b                                           # counts kept in .raw, as scanpy tutorials do
+    with pytest.raises(ValueError, match=r"adata.raw.X looks like raw counts: tokenize adata.raw.to_adata\(\)"):
+        pp.tokenize(a, tok)
+    raw = a.raw.to_adata()
+    pp.tokenize(raw, tok)                               # the suggested fix works
+    assert "tokens" in raw.obsm

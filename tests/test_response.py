@@ -304,3 +304,16 @@ def test_real_data_counts_baselines_and_norman_doubles():
     assert sorted(df["double"]) == ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2",
                                     "MAPK1+TGFBR2"]
     assert (df["r2_additive"] > df["r2_no_change"]).all()
+
+
+def test_counts_from_lognorm_names_the_other_total_columns_and_one_works():
+    C = _counts()
+    totals = C.sum(1)
+    X = np.log1p(C / totals[:, None] * 1e4).astype(np.float32)
+    obs = pd.DataFrame({"n_counts_before_qc": totals + 7.0, "initial_size": totals},
+                       index=[f"c{i}" for i in range(len(C))])      # the first counted genes later dropped
+    a = ad.AnnData(X=sp.csr_matrix(X), obs=obs)
+    with pytest.raises(ValueError, match=r"columns to try as total_key: \['initial_size'\]"):
+        R.counts_from_lognorm(a, total_key="n_counts_before_qc")
+    R.counts_from_lognorm(a, total_key="initial_size")                # the suggestion works
+    np.testing.assert_array_equal(a.layers["counts"].toarray(), C)

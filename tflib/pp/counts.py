@@ -93,10 +93,16 @@ def counts_from_lognorm(adata, *, total_key: str, layer: str | None = None, key_
     C = sp.csr_matrix(C)
     residual = float(np.abs(C.data - np.round(C.data)).max()) if C.nnz else 0.0
     if residual > tol:
+        others = [c for c in adata.obs.columns if c != total_key
+                  and pd.api.types.is_numeric_dtype(adata.obs[c]) and (adata.obs[c] > 0).all()]
+        try_other = (f"Other positive numeric obs columns to try as total_key: {others[:8]}. " if others
+                     else "No other obs column looks like a per-cell total. ")
         raise ValueError(
             f"expm1(X) * {total_key} / {target:.4g} is not integer-valued (largest residual {residual:.3g} > "
-            f"tol={tol}): the values are not a plain log1p(counts / total * target) of these totals. "
-            "Fix: use a dataset with raw counts instead (tflib.datasets.load('kang_pbmc') keeps them in X).")
+            f"tol={tol}): the values are not a plain log1p(counts / total * target) of obs[{total_key!r}] "
+            "(a total counted before or after some genes or cells were filtered gives this). "
+            f"{try_other}If none gives integers, the counts cannot be rebuilt from this file: load the raw "
+            "counts instead (for the course, tflib.datasets.load('kang_pbmc') keeps them in X).")
     C.data = np.round(C.data)
     C.eliminate_zeros()
     out = adata.copy() if copy else adata

@@ -431,18 +431,24 @@ def _count_layers_hint(adata, layer) -> str:
     layers = getattr(adata, "layers", None)
     if layers is None:
         return ""
-    found = []
-    for name in layers.keys():
-        if name == layer or any(w in name.lower() for w in ("unspliced", "ambiguous")):
-            continue  # counts, but of pre-mRNA or unassigned reads: not what a tokenizer should read
-        M = layers[name]
+
+    def looks_like_counts(M) -> bool:
         vals = np.asarray(M.data if hasattr(M, "data") and not isinstance(M, np.ndarray) else M).ravel()[:100_000]
-        if vals.size and np.issubdtype(vals.dtype, np.number) and np.isfinite(vals).all() and (vals >= 0).all() \
-                and np.array_equal(vals, np.round(vals)) and vals.max() > 0:
-            found.append(name)
-    if not found:
-        return ""
-    return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
+        return bool(vals.size and np.issubdtype(vals.dtype, np.number) and np.isfinite(vals).all()
+                    and (vals >= 0).all() and np.array_equal(vals, np.round(vals)) and vals.max() > 0)
+
+    found = [name for name in layers.keys()
+             if name != layer and not any(w in name.lower() for w in ("unspliced", "ambiguous"))
+             and looks_like_counts(layers[name])]  # unspliced/ambiguous: counts, but not of mRNA
+    if found:
+        return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
+    raw = getattr(adata, "raw", None)
+    if raw is not None and looks_like_counts(raw.X):
+        return "adata.raw.X looks like raw counts: tokenize adata.raw.to_adata() instead."
+    names = list(layers.keys())
+    return (f"None of this AnnData's layers ({names if names else 'it has none'}) nor adata.raw looks like "
+            "raw counts, so there is no layer to pass here: load the raw counts, or, for log-normalised "
+            "values with known per-cell totals, rebuild them with tflib.pp.counts_from_lognorm.")
 
 
 #: ``input="normalized"`` with every value below this (and some above 1) looks log-transformed:
