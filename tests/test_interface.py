@@ -106,3 +106,15 @@ def test_help_on_a_package_lists_every_public_name(pkg):
     assert set(mod.__all__) <= listed, sorted(set(mod.__all__) - listed)
     for module in set(mod._EXPORTS.values()):
         assert re.search(rf"^{module} -- \S", doc, re.M), f"{module} has no docstring line in {pkg}'s help"
+
+
+@pytest.mark.parametrize("pkg", ["tflib.pp", "tflib.tl", "tflib.pl", "tflib.datasets", "tflib.models",
+                                 "tflib.stats", "tflib.train", "tflib.tokenize", "tflib.widgets"])
+def test_no_public_name_is_shadowed_by_its_module(pkg):
+    """Importing ``pkg.mod`` sets ``pkg.mod`` to the module; an exported function called like its own
+    module (``stats.pseudobulk`` in ``stats/pseudobulk.py``) then turned into that module."""
+    mod = importlib.import_module(pkg)
+    for name, module in mod._EXPORTS.items():
+        importlib.import_module(f"{pkg}.{module}")
+        assert getattr(mod, name) is getattr(importlib.import_module(f"{pkg}.{module}"), name), \
+            f"{pkg}.{name} is shadowed by the module {pkg}.{module}; rename the module"

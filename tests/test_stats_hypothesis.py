@@ -47,7 +47,15 @@ def test_power_and_sample_size_agree_with_statsmodels_and_each_other():
     n = stats.sample_size(0.5, 0.8)
     assert n == 64                                                     # the textbook answer for d = 0.5
     assert stats.power(0.5, n) >= 0.8 > stats.power(0.5, n - 1)
-    assert stats.power(-0.5, 64) == stats.power(0.5, 64)               # the sign of d does not matter
+    assert stats.power(-0.5, 64) == stats.power(0.5, 64)               # two-sided: the sign does not matter
+    # one-sided: the sign counts, and scipy's names mean the same
+    assert stats.power(-0.5, 20, alternative="larger") < 0.01
+    assert stats.power(-0.5, 20, alternative="smaller") == pytest.approx(stats.power(0.5, 20, alternative="larger"))
+    assert stats.power(0.5, 20, alternative="greater") == stats.power(0.5, 20, alternative="larger")
+    assert stats.power(np.float32(0.5), np.int64(64)) == pytest.approx(stats.power(0.5, 64))
+    with pytest.raises(ValueError, match="points the other way"):
+        stats.sample_size(-0.5, alternative="larger")
+    assert stats.sample_size(-0.5, alternative="smaller") == stats.sample_size(0.5, alternative="larger")
 
 
 @pytest.mark.parametrize("call, match", [
@@ -105,6 +113,10 @@ def test_test_hypotheses_bad_input_names_the_fix():
         stats.test_hypotheses(table.drop(columns=["fate_shift_Beta", "fate_shift_Alpha"]), "Beta")
     with pytest.raises(ValueError, match="direction='down'"):
         stats.test_hypotheses(table, "Beta", "down")
+    with pytest.raises(ValueError, match=r"alpha=5 .* must lie in \(0, 1\)"):
+        stats.test_hypotheses(table, "Beta", alpha=5)               # would call every gene supported
+    with pytest.raises(ValueError, match="null_genes is empty"):
+        stats.test_hypotheses(table, "Beta", null_genes=[])
     with pytest.raises(KeyError, match="null genes"):
         stats.test_hypotheses(table, "Beta", null_genes=["nope"])
     bad = table.copy()

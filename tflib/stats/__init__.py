@@ -15,9 +15,10 @@ _EXPORTS: dict[str, str] = {
     "with_intervals": "scoring",
     "power": "sizing",  # not power.py: the module would shadow the function
     "sample_size": "sizing",
-    "pseudobulk": "pseudobulk",
-    "pseudobulk_test": "pseudobulk",
-    "cell_level_test": "pseudobulk",
+    # module "replicates", not "pseudobulk": a submodule named like the function would shadow it
+    "pseudobulk": "replicates",
+    "pseudobulk_test": "replicates",
+    "cell_level_test": "replicates",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

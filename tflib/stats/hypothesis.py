@@ -164,6 +164,9 @@ def test_hypotheses(table: pd.DataFrame, fate: str | None = None, direction: str
         raise ValueError(f"direction={direction!r}; use 'decrease', 'increase' or 'two-sided'.")
     if (fate is None) == (score is None):
         raise ValueError("give either fate= (scores fate_shift_<fate>) or score= (a score column), not both.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha!r} is the FDR level of a 'supported' verdict and must lie in (0, 1), "
+                         "e.g. 0.1.")
     column = score if score is not None else f"fate_shift_{fate}"
     if column not in table.columns:
         fates = [c[len("fate_shift_"):] for c in table.columns if c.startswith("fate_shift_")]
@@ -178,6 +181,10 @@ def test_hypotheses(table: pd.DataFrame, fate: str | None = None, direction: str
     null = None
     if null_genes is not None:
         null_genes = [null_genes] if isinstance(null_genes, str) else list(null_genes)
+        if not null_genes:
+            raise ValueError("null_genes is empty; pass the control genes (e.g. "
+                             "tflib.tl.matched_random_genes), or null_genes=None to compare each gene "
+                             "with all the others.")
         missing = [g for g in null_genes if g not in values]
         if missing:
             raise KeyError(f"null genes {missing[:5]} have no perturbed cell in the table; perturb them too.")
