@@ -194,3 +194,16 @@ def test_save_pretrained_keeps_an_existing_checkpoint_unless_asked(tmp_path):
     second.save_pretrained(tmp_path / "ckpt", overwrite=True)
     loaded = Transcriptformer.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(loaded.embeddings.word.weight, second.embeddings.word.weight)
+
+
+def test_a_loaded_model_saved_again_keeps_its_tokenizer(tmp_path):
+    """from_pretrained -> save_pretrained -> from_pretrained must not lose model.tokenizer."""
+    from tflib.models import course_checkpoint
+
+    model, tok = course_checkpoint()
+    model.save_pretrained(tmp_path / "a", tokenizer=tok)
+    loaded = Transcriptformer.from_pretrained(tmp_path / "a")
+    assert loaded.tokenizer is not None
+    loaded.save_pretrained(tmp_path / "b")                            # no tokenizer= given
+    again = Transcriptformer.from_pretrained(tmp_path / "b")
+    assert again.tokenizer is not None and again.tokenizer.config() == tok.config()

@@ -214,3 +214,21 @@ def test_cli_overwrite_flag(tmp_path):
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--overwrite" in refused.stderr
     assert subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("checkpoint_every", 0, "checkpoint_every=0: give a whole number >= 1"),
+    ("batch_size", "16", "batch_size='16'"),
+    ("lr", "1e-3", r"lr='1e-3': give a positive number"),
+    ("mask_prob", 1.5, "mask_prob=1.5"),
+    ("stop_after", 0, "stop_after=0"),
+])
+def test_recipe_values_are_checked_when_the_recipe_is_made(tmp_path, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        recipe(tmp_path, **{field: value})
+    assert not (tmp_path / "run").exists()                            # refused before touching disk
+
+
+def test_an_empty_dataset_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="the dataset has no cells"):
+        run_pretraining(recipe(tmp_path), dataset=[])

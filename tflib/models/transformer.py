@@ -203,8 +203,12 @@ class Transcriptformer(nn.Module):
     def save_pretrained(self, directory, tokenizer=None, overwrite: bool = False):
         """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer's files) to ``directory``.
 
-        See :func:`tflib.models.checkpoint.save_pretrained`.
+        ``tokenizer=None`` saves ``self.tokenizer`` when the model has one (a model loaded with
+        ``from_pretrained`` keeps the tokenizer it was saved with), so a save/load round trip
+        keeps it. See :func:`tflib.models.checkpoint.save_pretrained`.
         """
+        if tokenizer is None:
+            tokenizer = getattr(self, "tokenizer", None)
         return _save_pretrained(self, directory, tokenizer=tokenizer, overwrite=overwrite)
 
     @classmethod

@@ -102,6 +102,26 @@ class PretrainConfig:
     overwrite: bool = False
     progress: bool = True
 
+    def __post_init__(self):
+        def need(name, ok, what):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not ok(value):
+                raise ValueError(f"{name}={value!r}: {what}.")
+
+        def whole(lo):
+            return lambda v: isinstance(v, int) and v >= lo
+
+        def real(lo, hi=math.inf):
+            return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and lo < v <= hi
+
+        for name in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "megabatch_mult"):
+            need(name, whole(1), "give a whole number >= 1")
+        need("warmup_steps", whole(0), "give a whole number >= 0")
+        need("stop_after", lambda v: v is None or whole(1)(v), "give None or a whole number >= 1")
+        need("lr", real(0), "give a positive number, e.g. 1e-3 (not a string)")
+        need("min_lr", lambda v: isinstance(v, (int, float)) and 0 <= v <= self.lr, "give a number in [0, lr]")
+        need("mask_prob", real(0, 1), "give a fraction in (0, 1], e.g. 0.15")
+
     @classmethod
     def from_file(cls, path) -> "PretrainConfig":
         path = Path(path)
@@ -231,6 +251,10 @@ def run_pretraining(config: PretrainConfig | dict, dataset=None, tokenizer=None)
 
         tokenizer = load_tokenizer(cfg.tokenizer)
     dataset = dataset if dataset is not None else _open_dataset(cfg)
+    if len(dataset) == 0:
+        raise ValueError("the dataset has no cells, so there is nothing to pretrain on. Fix: pass "
+                         "tokenizer.encode(adata) of a non-empty AnnData, or a recipe whose data= names "
+                         "a token store with cells.")
     if tokenizer is not None and hasattr(dataset, "check_compatible"):
         dataset.check_compatible(tokenizer)                         # tokens made by another tokenizer?
     model_cfg = dict(cfg.model)
