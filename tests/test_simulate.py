@@ -6,6 +6,7 @@ sit below the values measured when they were written (stated next to each).
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import anndata as ad
@@ -95,10 +96,28 @@ def test_same_seed_same_world_other_seed_other_world():
 def test_bad_arguments_raise_clear_errors(tiny):
     with pytest.raises(TypeError, match="unknown parameters"):
         ds.simulate(n_cells=10, n_genes=100, n_futurs=5)
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(TypeError, match=r"their defaults: tflib.datasets.simulator.DEFAULTS"):
+        ds.simulate(n_cells=10, n_genes=100, n_futurs=5)
+    from tflib.datasets.simulator import DEFAULTS                     # the place the message names
+    assert "n_futures" in DEFAULTS
+    with pytest.raises(ValueError, match="too small") as err:
         ds.simulate(n_cells=10, n_genes=30)
+    smallest = int(re.search(r"at least n_genes=(\d+)", str(err.value)).group(1))
+    ds.simulate(n_cells=10, n_genes=smallest, n_futures=1)            # the floor it names works
+    with pytest.raises(ValueError, match="too small"):
+        ds.simulate(n_cells=10, n_genes=smallest - 1)                 # ... and is the floor
+    with pytest.raises(ValueError, match=r"n_fates=1: .* Fix: n_fates=2 or more"):
+        ds.simulate(n_cells=10, n_genes=200, n_fates=1)
     with pytest.raises(KeyError, match="not in the simulated world"):
         ds.knockout(tiny, "NOT_A_GENE")
+    with pytest.raises(ValueError, match="gene list is empty"):
+        ds.knockout(tiny, [])                                         # used to return zeros
+    with pytest.raises(TypeError, match="give a gene symbol"):
+        ds.knockout(tiny, 3)
+    with pytest.raises(ValueError, match="n_futures=0"):
+        ds.knockout(tiny, tiny.var_names[1], n_futures=0)             # used to return NaN
+    with pytest.raises(ValueError, match="not a gene subset"):
+        ds.knockout(tiny[:, :50].copy(), tiny.var_names[1])           # used to be a bare KeyError
     with pytest.raises(ValueError, match="lacks the simulator"):
         ds.knockout(ad.AnnData(np.zeros((2, 2))), "x")
 

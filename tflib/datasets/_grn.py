@@ -134,6 +134,12 @@ class Network:
             raise ValueError(f"This AnnData lacks the simulator's records {missing}. Fix: pass the "
                              "object returned by tflib.datasets.simulate (or its .h5ad read back), "
                              "without dropping its var columns or uns entries.")
+        n_world = dict(adata.uns["simulation"]).get("n_genes")
+        if n_world is not None and adata.n_vars != int(n_world):
+            raise ValueError(f"This AnnData has {adata.n_vars} genes but its simulated world has "
+                             f"{int(n_world)}: re-simulating futures needs every gene of the network. Fix: "
+                             "pass the full output of tflib.datasets.simulate, not a gene subset (subset "
+                             "the result instead).")
         v, g = adata.var, adata.uns["grn"]
         edges = pd.DataFrame({k: np.asarray(g[k]) for k in ("regulator", "target", "sign", "weight")})
         return cls(np.asarray(adata.var_names, dtype=str), v["role"].astype(str).to_numpy(),
@@ -155,10 +161,16 @@ def build_network(n_genes: int, n_fates: int, rng: np.random.Generator, p: dict)
     n_hk = int(round(p["frac_housekeeping"] * n_genes))
     n_prog = int(round(p["frac_progenitor_module"] * n_genes))
     n_fate_targets = n_genes - n_tf - n_hk - n_prog
-    if n_fates < 2 or n_fate_targets < 5 * n_fates:
-        raise ValueError(f"n_genes={n_genes} is too small for n_fates={n_fates} (needs at least "
-                         f"{n_tf + n_hk + n_prog + 5 * n_fates}) and n_fates must be >= 2. "
-                         "Fix: raise n_genes or lower n_fates.")
+    if n_fates < 2:
+        raise ValueError(f"n_fates={n_fates}: the simulator's progenitors choose between fates, so it needs "
+                         "n_fates >= 2. Fix: n_fates=2 or more.")
+    if n_fate_targets < 5 * n_fates:
+        def targets(n):   # fate targets left in n genes once TFs, housekeeping and progenitor genes are drawn
+            return n - n_tf - int(round(p["frac_housekeeping"] * n)) - int(round(p["frac_progenitor_module"] * n))
+        smallest = next(n for n in range(n_tf, 100 * n_tf + 1000) if targets(n) >= 5 * n_fates)
+        raise ValueError(f"n_genes={n_genes} is too small for n_fates={n_fates}: it needs at least "
+                         f"n_genes={smallest} ({n_tf} TFs, housekeeping and progenitor genes, and 5 targets "
+                         "per fate). Fix: raise n_genes to that, or lower n_fates.")
     tf_names, other_names = _names.draw_names(n_tf, n_genes - n_tf, rng)
 
     role = (["progenitor_tf"] + ["master_tf"] * n_fates + ["secondary_tf"] * (n_fates * n_sec)

@@ -48,7 +48,19 @@ def true_fate_probabilities(sim, perturb: dict[str, float] | None = None, *, n_f
 
 
 def _shift(sim, genes, value, n_futures, seed, return_probs):
-    genes = [genes] if isinstance(genes, str) else list(genes)
+    if isinstance(genes, str):
+        genes = [genes]
+    elif isinstance(genes, (list, tuple, set, np.ndarray, pd.Index)) and all(isinstance(g, str) for g in genes):
+        genes = list(genes)
+    else:
+        raise TypeError(f"gene={genes!r}: give a gene symbol of sim.var_names, or a list of them for a "
+                        "combined perturbation.")
+    if not genes:
+        raise ValueError("the gene list is empty, so nothing would be perturbed; name at least one gene.")
+    if n_futures is not None and (isinstance(n_futures, bool) or not isinstance(n_futures, (int, np.integer))
+                                  or n_futures < 1):
+        raise ValueError(f"n_futures={n_futures!r}: each cell's future is re-simulated that many times; "
+                         "give a whole number >= 1 (or None for the world's own setting).")
     base = true_fate_probabilities(sim, None, n_futures=n_futures, seed=seed)
     pert = true_fate_probabilities(sim, {g: value for g in genes}, n_futures=n_futures, seed=seed)
     shift = pert - base

@@ -32,7 +32,7 @@ def _check_params(params: dict) -> dict:
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
         raise TypeError(f"simulate() got unknown parameters {unknown}. Fix: use any of "
-                        f"{sorted(DEFAULTS)} (see tflib.datasets.simulate.DEFAULTS).")
+                        f"{sorted(DEFAULTS)} (their defaults: tflib.datasets.simulator.DEFAULTS).")
     p = {**DEFAULTS, **params}
     if not 0.0 <= p["frac_progenitor"] < 1.0:
         raise ValueError("frac_progenitor must lie in [0, 1). Fix: e.g. frac_progenitor=0.2.")
