@@ -79,7 +79,7 @@ def test_non_count_x_without_a_counts_layer_says_so_or_points_to_raw():
     b = a.copy()
     b.X = counts
     a.raw = b                                           # counts kept in .raw, as scanpy tutorials do
-    with pytest.raises(ValueError, match=r"adata.raw.X looks like raw counts: tokenize adata.raw.to_adata\(\)"):
+    with pytest.raises(ValueError, match=r"adata.raw.X looks like raw counts: pass adata.raw.to_adata\(\) instead"):
         pp.tokenize(a, tok)
     raw = a.raw.to_adata()
     pp.tokenize(raw, tok)                               # the suggested fix works

@@ -28,7 +28,7 @@ def test_pseudobulk_sums_each_samples_counts():
 @pytest.mark.parametrize("change, error, match", [
     (lambda a: a.obs.__setitem__("sample", ["s1", "s1", "s1", "s2", "s2", "s2"]), ValueError, "at least 2 in each"),
     (lambda a: a.obs.__setitem__("sample", ["s1", "s1", "s2", "s2", "s3", "s3"]), ValueError, "several 'cond' groups"),
-    (lambda a: setattr(a, "X", a.X * 0.5), ValueError, "not raw counts"),
+    (lambda a: setattr(a, "X", a.X * 0.5), ValueError, "does not hold raw counts"),
     (lambda a: a.obs.drop(columns="sample", inplace=True), KeyError, "no column 'sample'"),
 ])
 def test_bad_designs_are_refused_with_the_fix(change, error, match):
@@ -36,6 +36,18 @@ def test_bad_designs_are_refused_with_the_fix(change, error, match):
     change(adata)
     with pytest.raises(error, match=match):
         stats.pseudobulk_test(adata, "sample", "cond", reference="a")
+
+
+def test_the_fixes_named_for_a_wrong_reference_or_layer_work():
+    adata = _toy()
+    adata.obs["cond"] = adata.obs["cond"].astype(str).str.upper()
+    with pytest.raises(ValueError, match=r"reference='a' is not one of the groups .*did you mean reference='A'\?"):
+        stats.pseudobulk_test(adata, "sample", "cond", reference="a")
+    adata.layers["lognorm"] = adata.X.copy()
+    adata.layers["lognorm"].data = np.log1p(adata.layers["lognorm"].data)
+    with pytest.raises(ValueError, match=r"adata.X looks like raw counts: pass layer=None"):
+        stats.pseudobulk_test(adata, "sample", "cond", reference="A", layer="lognorm")
+    assert len(stats.pseudobulk_test(adata, "sample", "cond", reference="A", layer=None)) > 0
 
 
 def test_pseudoreplication_on_null_data():

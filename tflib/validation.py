@@ -22,7 +22,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["CountsError", "check_counts", "zero_count_cells", "check_zero_counts", "ZERO_CELLS_FIX"]
+__all__ = ["CountsError", "check_counts", "count_layers_hint", "zero_count_cells", "check_zero_counts",
+           "ZERO_CELLS_FIX"]
 
 #: The one-line fix for cells without counts (scanpy's cell filter).
 ZERO_CELLS_FIX = "sc.pp.filter_cells(adata, min_counts=1)"
@@ -128,6 +129,42 @@ def _scan_matrix(M, require_integer, chunk_size) -> _Tally:
     return tally
 
 
+def count_layers_hint(adata, layer: str | None = None) -> str:
+    """Where the raw counts of ``adata`` are, for an error about non-count input (one sentence).
+
+    Names the layers that look like raw counts (or ``adata.X`` when a layer was passed,
+    or ``adata.raw``), and says so when there are none, so the advice never names a layer
+    that does not exist. Used by :func:`check_counts`, the tokenizers and
+    :func:`tflib.stats.pseudobulk_test`.
+
+    Looks at up to 100,000 stored values of each layer (a hint, not a check: the tokenizer
+    still checks every value of the layer the user then passes).
+    """
+    layers = getattr(adata, "layers", None)
+    if layers is None:
+        return ""
+
+    def looks_like_counts(M) -> bool:
+        vals = np.asarray(M.data if hasattr(M, "data") and not isinstance(M, np.ndarray) else M).ravel()[:100_000]
+        return bool(vals.size and np.issubdtype(vals.dtype, np.number) and np.isfinite(vals).all()
+                    and (vals >= 0).all() and np.array_equal(vals, np.round(vals)) and vals.max() > 0)
+
+    if layer is not None and getattr(adata, "X", None) is not None and looks_like_counts(adata.X):
+        return "adata.X looks like raw counts: pass layer=None to use it."
+    found = [name for name in layers.keys()
+             if name != layer and not any(w in name.lower() for w in ("unspliced", "ambiguous"))
+             and looks_like_counts(layers[name])]  # unspliced/ambiguous: counts, but not of mRNA
+    if found:
+        return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
+    raw = getattr(adata, "raw", None)
+    if raw is not None and looks_like_counts(raw.X):
+        return "adata.raw.X looks like raw counts: pass adata.raw.to_adata() instead."
+    names = list(layers.keys())
+    return (f"None of this AnnData's layers ({names if names else 'it has none'}) nor adata.raw looks like "
+            "raw counts, so there is no layer to pass here: load the raw counts, or, for log-normalised "
+            "values with known per-cell totals, rebuild them with tflib.pp.counts_from_lognorm.")
+
+
 def check_counts(X, *, layer: str | None = None, name: str | None = None, require_integer: bool = True,
                  chunk_size: int = _DEFAULT_CHUNK, fix: str | None = None, advice: str | None = None) -> None:
     """Raise :class:`CountsError` unless every value of ``X`` is a finite, non-negative count.
@@ -185,9 +222,11 @@ def check_counts(X, *, layer: str | None = None, name: str | None = None, requir
     else:
         looks = "NaN or infinite values are never counts (a division by a zero total, or a failed merge?)."
     if advice is None:
-        advice = ("Fix: pass the raw counts layer, e.g. layer='counts' (or reload the raw data / adata.raw); "
+        where = count_layers_hint(X, layer) if obs_names is not None else ""
+        advice = (f"Fix: {where} Counts are never normalised or log-transformed beforehand." if where else
+                  "Fix: pass the raw counts layer, e.g. layer='counts' (or reload the raw data / adata.raw); "
                   "counts are never normalised or log-transformed beforehand.")
-        if tally.n["fraction"] and not tally.n["negative"] and tally.max_value < 20:
+        if tally.n["fraction"] and not tally.n["negative"] and tally.max_value < 20 and "counts_from_lognorm" not in where:
             advice += (" If adata.obs holds each cell's total count, tflib.pp.counts_from_lognorm(adata, "
                        "total_key=...) rebuilds the counts from log-normalised values.")
     if tally.n["nonfinite"] and not (tally.n["negative"] or tally.n["fraction"]):

@@ -19,13 +19,10 @@ __all__ = ["pseudobulk", "pseudobulk_test", "cell_level_test"]
 def _counts(adata, layer):
     from tflib._compat import layer_matrix
 
-    X = layer_matrix(adata, layer)
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    if data.size and (not np.isfinite(data).all() or (data < 0).any() or not np.array_equal(data, np.round(data))):
-        raise ValueError(f"{where} is not raw counts (negative, non-integer or NaN values). Pseudobulk DE sums "
-                         "counts and models them as counts. Fix: pass the counts layer (layer='counts').")
-    return sp.csr_matrix(X, dtype=np.float64)
+    from tflib.validation import check_counts
+
+    check_counts(adata, layer=layer, fix="Pseudobulk DE sums counts and models them as counts.")
+    return sp.csr_matrix(layer_matrix(adata, layer), dtype=np.float64)
 
 
 def _design(adata, sample_key, group_key):
@@ -101,9 +98,14 @@ def pseudobulk_test(adata, sample_key: str, group_key: str, *, reference: str, l
 
     bulk = pseudobulk(adata, sample_key, group_key, layer=layer)
     levels = sorted(bulk.obs[group_key].unique())
-    if len(levels) != 2 or reference not in levels:
-        raise ValueError(f"{group_key!r} has groups {levels}; pseudobulk_test compares two, and reference="
-                         f"{reference!r} must be one of them. Fix: subset the cells to two conditions.")
+    if len(levels) != 2:
+        raise ValueError(f"{group_key!r} has groups {levels}; pseudobulk_test compares two. Fix: subset the "
+                         "cells to two conditions.")
+    if reference not in levels:
+        close = [g for g in levels if str(g).lower() == str(reference).lower()]
+        raise ValueError(f"reference={reference!r} is not one of the groups {levels} of {group_key!r}"
+                         + (f"; did you mean reference={close[0]!r}?" if close else
+                            f". Fix: reference={levels[0]!r} or {levels[1]!r}."))
     n = bulk.obs[group_key].value_counts()
     if (n < max(2, min_samples)).any():
         raise ValueError(f"samples per condition: {n.to_dict()}; a test needs at least {max(2, min_samples)} in each "

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._core import (EmptyCellsWarning, TokenizedCells, TokenizerInputError, concat, iter_csr_chunks,
                     merge_report, new_report, open_source, validate_values, zero_count_rows)
-from tflib.validation import ZERO_CELLS_FIX
+from tflib.validation import ZERO_CELLS_FIX, count_layers_hint
 
 from .vocab import GeneVocab, VocabularyCoverageError
 
@@ -298,7 +298,7 @@ class _Tokenizer:
                     gene_table=gene_table, ortholog_table=ortholog_table, n_jobs=n_jobs):
                 parts.append(part)
         except TokenizerInputError as err:
-            hint = _count_layers_hint(adata, layer) if input == "counts" else ""
+            hint = count_layers_hint(adata, layer) if input == "counts" else ""
             if not hint:
                 raise
             raise TokenizerInputError(f"{err} {hint}") from None
@@ -418,37 +418,6 @@ def validate_token_sequences(cells, tokenizer) -> None:
         if specials and np.isin(tokens, specials).any():
             raise TokenizerMismatchError("These sequences contain <cls>/<eos> ids, but the tokenizer is V1 (no "
                                          "special tokens). Fix: use preset='V2' or re-tokenize with V1.")
-
-
-def _count_layers_hint(adata, layer) -> str:
-    """Name the layers of ``adata`` that hold raw counts, for an error about non-count input.
-
-    Looks at up to 100,000 stored values of each layer (a hint, not a check: the tokenizer
-    still checks every value of the layer the user then passes).
-    """
-    import numpy as np
-
-    layers = getattr(adata, "layers", None)
-    if layers is None:
-        return ""
-
-    def looks_like_counts(M) -> bool:
-        vals = np.asarray(M.data if hasattr(M, "data") and not isinstance(M, np.ndarray) else M).ravel()[:100_000]
-        return bool(vals.size and np.issubdtype(vals.dtype, np.number) and np.isfinite(vals).all()
-                    and (vals >= 0).all() and np.array_equal(vals, np.round(vals)) and vals.max() > 0)
-
-    found = [name for name in layers.keys()
-             if name != layer and not any(w in name.lower() for w in ("unspliced", "ambiguous"))
-             and looks_like_counts(layers[name])]  # unspliced/ambiguous: counts, but not of mRNA
-    if found:
-        return f"This AnnData has layers that look like raw counts: {found}; e.g. pass layer={found[0]!r}."
-    raw = getattr(adata, "raw", None)
-    if raw is not None and looks_like_counts(raw.X):
-        return "adata.raw.X looks like raw counts: tokenize adata.raw.to_adata() instead."
-    names = list(layers.keys())
-    return (f"None of this AnnData's layers ({names if names else 'it has none'}) nor adata.raw looks like "
-            "raw counts, so there is no layer to pass here: load the raw counts, or, for log-normalised "
-            "values with known per-cell totals, rebuild them with tflib.pp.counts_from_lognorm.")
 
 
 #: ``input="normalized"`` with every value below this (and some above 1) looks log-transformed:
