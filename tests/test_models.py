@@ -207,3 +207,19 @@ def test_a_loaded_model_saved_again_keeps_its_tokenizer(tmp_path):
     loaded.save_pretrained(tmp_path / "b")                            # no tokenizer= given
     again = Transcriptformer.from_pretrained(tmp_path / "b")
     assert again.tokenizer is not None and again.tokenizer.config() == tok.config()
+
+
+def test_bad_token_ids_get_errors_with_the_fix():
+    import numpy as np
+
+    model = Transcriptformer(tiny()).eval()
+    ids, _ = batch()
+    with pytest.raises(TypeError, match=r"torch.as_tensor\(ids, dtype=torch.long\)"):
+        model(ids.numpy())
+    model(torch.as_tensor(ids.numpy(), dtype=torch.long))             # the fix works
+    with pytest.raises(TypeError, match=r"integer token ids.*input_ids.long\(\)"):
+        model(ids.float())
+    model(ids.float().long())
+    with pytest.raises(ValueError, match=r"token ids must lie in 0..49 .* got 0..50"):
+        model(torch.where(ids == ids.max(), torch.tensor(50), ids))
+    assert np.isfinite(model(ids).logits.detach().numpy()).all()

@@ -75,9 +75,16 @@ def test_donut_errors_are_clear():
     a = _toy()
     with pytest.raises(KeyError, match="X_tsne"):
         tflib.pl.fate_donuts(a, basis="tsne")
-    del a.obsm["fate_probs"]
-    with pytest.raises(KeyError, match="tflib.tl.fates"):
+    n_fates = a.obsm["fate_probs"].shape[1]
+    with pytest.raises(ValueError, match=f"1 colors for {n_fates} fates"):
+        tflib.pl.fate_donuts(a, colors=["#000000"])
+    with pytest.raises(ValueError, match="colors has no entry for the fates"):
+        tflib.pl.fate_donuts(a, colors={"nope": "#000000"})
+    a.obsm["fate_probs_true"] = a.obsm.pop("fate_probs")
+    with pytest.raises(KeyError, match=r"tflib.tl.fates.*key= one of the fate tables present: \['fate_probs_true'\]"):
         tflib.pl.fate_donuts(a)
+    tflib.pl.fate_donuts(a, key="fate_probs_true")                    # the named fix works
+    plt.close("all")
 
 
 def test_donuts_on_simulated_fates():

@@ -92,6 +92,19 @@ class Transcriptformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def _check_inputs(self, input_ids, attention_mask):
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch tensor of token ids, got {type(input_ids).__name__}. "
+                            "Fix: torch.as_tensor(ids, dtype=torch.long).")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}. "
+                            "Fix: input_ids.long().")
+        # the range check reads the ids, i.e. synchronises a GPU; there a bad id fails in the
+        # embedding lookup anyway, so it runs on CPU tensors only
+        if input_ids.device.type == "cpu" and input_ids.numel() and (
+                int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in 0..{self.config.vocab_size - 1} (vocab_size), got "
+                             f"{int(input_ids.min())}..{int(input_ids.max())}: these tokens come from another "
+                             "tokenizer. Fix: encode the cells with the tokenizer saved with the model.")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}.")
         if input_ids.shape[1] > self.config.max_len:

@@ -113,7 +113,9 @@ def fate_donuts(
             "which `tflib.tl.velocity(adata, umap=True)` does) or pass another basis."
         )
     if key not in adata.obsm:
-        raise KeyError(f"adata.obsm has no {key!r}: run `tflib.tl.fates(adata)` first.")
+        have = [k for k in adata.obsm.keys() if "fate" in k.lower()]
+        raise KeyError(f"adata.obsm has no {key!r}: run `tflib.tl.fates(adata)` first"
+                       + (f", or pass key= one of the fate tables present: {have}." if have else "."))
     probs = adata.obsm[key]
     if hasattr(probs, "columns"):  # a DataFrame, e.g. the simulator's true fate probabilities
         names = list(probs.columns) if names is None else names
@@ -127,8 +129,15 @@ def fate_donuts(
     if colors is None:
         palette = fate_colors(names)
     elif isinstance(colors, dict):
+        missing = [n for n in names if n not in colors]
+        if missing:
+            raise ValueError(f"colors has no entry for the fates {missing}; give one colour per fate of {names}.")
         palette = {n: colors[n] for n in names}
     else:
+        colors = list(colors)
+        if len(colors) < len(names):
+            raise ValueError(f"{len(colors)} colors for {len(names)} fates {names}; give one colour per fate "
+                             "(or colors=None for the course palette).")
         palette = dict(zip(names, colors))
 
     xy = np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)

@@ -42,7 +42,7 @@ def loss_curve(losses, *, steps=None, window: int = 10, ax=None, color: str = "#
     if len(x) != len(losses):
         raise ValueError(f"{len(x)} steps for {len(losses)} losses; they must line up.")
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.6))
+        _, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")  # labels stay inside on savefig
     ax.plot(x, losses, color=color, alpha=0.35, lw=1, label="per step")
     ax.plot(x, losses.rolling(window, min_periods=1).mean(), color=color, lw=2.2, label=f"{window}-step mean")
     if chance is not None:
