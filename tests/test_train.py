@@ -232,3 +232,8 @@ def test_recipe_values_are_checked_when_the_recipe_is_made(tmp_path, field, valu
 def test_an_empty_dataset_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="the dataset has no cells"):
         run_pretraining(recipe(tmp_path), dataset=[])
+
+
+def test_a_recipe_with_both_data_and_synthetic_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="sets both data="):
+        run_pretraining(recipe(tmp_path, data=str(tmp_path / "my_store")))  # used to train on synthetic

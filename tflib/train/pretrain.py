@@ -183,6 +183,10 @@ def _distributed():
 
 
 def _open_dataset(cfg: PretrainConfig):
+    if cfg.synthetic is not None and cfg.data is not None:
+        raise ValueError(f"the recipe sets both data={cfg.data!r} and synthetic=...; it would train on only "
+                         "one of them. Fix: drop 'synthetic' to train on the token store, or 'data' to "
+                         "train on the synthetic corpus.")
     if cfg.synthetic is not None:
         return SyntheticCorpus(**cfg.synthetic)
     if cfg.data is None:
