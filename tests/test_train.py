@@ -237,3 +237,17 @@ def test_an_empty_dataset_is_refused_with_the_fix(tmp_path):
 def test_a_recipe_with_both_data_and_synthetic_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sets both data="):
         run_pretraining(recipe(tmp_path, data=str(tmp_path / "my_store")))  # used to train on synthetic
+
+
+def test_a_users_file_inside_model_or_a_checkpoint_is_never_deleted(tmp_path):
+    """model/ and step-* folders are removed only when they hold nothing but tflib's files."""
+    run_pretraining(recipe(tmp_path, max_steps=6))                   # model/, step-3, step-6
+    run = tmp_path / "run"
+    (run / "model" / "my_notes.txt").write_text("mine")
+    (run / "checkpoints" / "step-000003" / "plot.png").write_bytes(b"mine too")
+    for kw in (dict(resume=False, overwrite=True), dict(resume=False)):
+        with pytest.raises(FileExistsError, match=r"model.*checkpoints/step-000003"):
+            run_pretraining(recipe(tmp_path, max_steps=6, **kw))
+    assert (run / "model" / "my_notes.txt").read_text() == "mine"
+    assert (run / "checkpoints" / "step-000003" / "plot.png").read_bytes() == b"mine too"
+    assert (run / "model" / "model.safetensors").is_file()           # nothing of the old run removed

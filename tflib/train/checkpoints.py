@@ -16,7 +16,9 @@ The rules that keep a user's files safe:
    checkpoint) or replaced only when asked (``overwrite=True``); otherwise the run is refused.
 3. :func:`save_checkpoint` writes to a fresh temporary folder and renames it into place, so a
    crash never leaves a half-written ``step-*``; it deletes only older ``step-*`` folders that
-   it recognises as checkpoints (``trainer_state.json`` inside), beyond ``keep_checkpoints``.
+   it recognises as checkpoints (``trainer_state.json`` inside and nothing but the files a
+   checkpoint consists of), beyond ``keep_checkpoints``. A ``model/`` or ``step-*`` folder that
+   holds any other file counts as the user's: it is never removed, and the run is refused.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from tflib.models.checkpoint import CHECKPOINT_FILES
+
 #: Settings that must not change between a checkpoint and its resumption.
 RESUME_KEYS = ("model", "seed", "batch_size", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay",
                "betas", "grad_clip", "mask_prob", "megabatch_mult", "max_len", "logits", "data", "synthetic")
@@ -36,6 +40,14 @@ RUN_ENTRIES = ("checkpoints", "loss_log.csv", "model")
 STATE = "trainer_state.json"
 _STEP = re.compile(r"step-(\d+)")
 _TMP = re.compile(r"\.tmp-step-\d+(-.*)?")
+#: What save_pretrained writes (weights, config, tokenizer files), and a step folder adds to it.
+_MODEL_FILES = frozenset(CHECKPOINT_FILES)
+_STEP_FILES = _MODEL_FILES | {"optimizer.safetensors", STATE}
+
+
+def _holds_only(path: Path, names: frozenset) -> bool:
+    """Every entry of ``path`` is a file named in ``names``: nothing in it is a user's."""
+    return all(p.is_file() and p.name in names for p in path.iterdir())
 
 
 def _step_of(path: Path) -> int | None:
@@ -44,16 +56,17 @@ def _step_of(path: Path) -> int | None:
 
 
 def _is_checkpoint(path: Path) -> bool:
-    """A ``step-*`` folder written by :func:`save_checkpoint` (it holds ``trainer_state.json``)."""
-    return _step_of(path) is not None and (path / STATE).is_file()
+    """A ``step-*`` folder written by :func:`save_checkpoint`: ``trainer_state.json`` and only checkpoint files."""
+    return _step_of(path) is not None and (path / STATE).is_file() and _holds_only(path, _STEP_FILES)
 
 
 def _is_model_folder(path: Path) -> bool:
-    """A folder written by ``Transcriptformer.save_pretrained`` (a tflib ``config.json``)."""
+    """A folder written by ``Transcriptformer.save_pretrained``: a tflib ``config.json`` and only its files."""
     try:
-        return json.loads((path / "config.json").read_text()).get("tflib_format") == "transcriptformer"
+        ours = json.loads((path / "config.json").read_text()).get("tflib_format") == "transcriptformer"
     except (OSError, ValueError, AttributeError):
         return False
+    return ours and _holds_only(path, _MODEL_FILES)
 
 
 def _foreign_entries(out_dir: Path) -> list[str]:
