@@ -162,7 +162,8 @@ def count_layers_hint(adata, layer: str | None = None) -> str:
     names = list(layers.keys())
     return (f"None of this AnnData's layers ({names if names else 'it has none'}) nor adata.raw looks like "
             "raw counts, so there is no layer to pass here: load the raw counts, or, for log-normalised "
-            "values with known per-cell totals, rebuild them with tflib.pp.counts_from_lognorm.")
+            "values with known per-cell totals, rebuild them with tflib.pp.counts_from_lognorm(adata, "
+            "total_key=...).")
 
 
 def check_counts(X, *, layer: str | None = None, name: str | None = None, require_integer: bool = True,
@@ -226,9 +227,6 @@ def check_counts(X, *, layer: str | None = None, name: str | None = None, requir
         advice = (f"Fix: {where} Counts are never normalised or log-transformed beforehand." if where else
                   "Fix: pass the raw counts layer, e.g. layer='counts' (or reload the raw data / adata.raw); "
                   "counts are never normalised or log-transformed beforehand.")
-        if tally.n["fraction"] and not tally.n["negative"] and tally.max_value < 20 and "counts_from_lognorm" not in where:
-            advice += (" If adata.obs holds each cell's total count, tflib.pp.counts_from_lognorm(adata, "
-                       "total_key=...) rebuilds the counts from log-normalised values.")
     if tally.n["nonfinite"] and not (tally.n["negative"] or tally.n["fraction"]):
         advice += (" If the NaN mark genuinely missing measurements, replace them by 0 "
                    "(X.data = np.nan_to_num(X.data)) or drop the affected cells.")

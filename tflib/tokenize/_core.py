@@ -94,32 +94,31 @@ def iter_csr_chunks(adata, layer: str | None = None, chunk_size: int = 2048):
 def validate_values(data: np.ndarray, input: str, where: str = ""):
     """Reject NaN, infinite or negative values always, and non-integer values when ``input="counts"``.
 
-    Returns the smallest value (or ``None`` for no data), which :func:`project` reuses."""
+    Returns ``(smallest, largest)`` (``(None, None)`` for no data): :func:`project` reuses the
+    smallest, the tokenizer's log-transform warning the largest."""
     if input not in ("counts", "normalized"):
         raise ValueError(f"input must be 'counts' or 'normalized', got {input!r}.")
     if data.size == 0:
-        return None
+        return None, None
     lo, hi = data.min(), data.max()  # NaN propagates through min/max
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise TokenizerInputError(f"The expression matrix{where} contains NaN or infinite values. Fix: remove or "
                                   "impute them before tokenizing (e.g. np.nan_to_num on the source counts).")
     if lo < 0:
         raise TokenizerInputError(f"The expression matrix{where} contains negative values (min {lo:.3g}); "
-                                  "it looks scaled or centred. Fix: tokenize raw counts (e.g. layer='counts').")
+                                  "it looks scaled or centred. Fix: tokenize the raw counts.")
     if input == "counts" and data.dtype.kind == "f" and not np.array_equal(data, np.floor(data)):
         if hi < 20:
             hint = " It looks log-normalised (all values < 20)."
-            fix = ("Fix: pass the raw counts (layer='counts' or adata.raw). Without them, if adata.obs holds "
-                   "each cell's total count, tflib.pp.counts_from_lognorm(adata, total_key=...) rebuilds the "
-                   "counts from log-normalised values (then layer='counts'). input='normalized' is only for "
-                   "per-cell normalised values that were not log-transformed.")
+            fix = ("Fix: pass the raw counts; input='normalized' is only for per-cell normalised values that "
+                   "were not log-transformed.")
         else:
             hint = ""
-            fix = ("Fix: pass the raw counts (layer='counts' or adata.raw), or, if the values really are per-cell "
-                   "normalised (counts / n_counts * 1e4, not log), pass input='normalized'.")
+            fix = ("Fix: pass the raw counts, or, if the values really are per-cell normalised "
+                   "(counts / n_counts * 1e4, not log), pass input='normalized'.")
         raise TokenizerInputError(
             f"The expression matrix{where} has non-integer values, so it is not raw counts.{hint} {fix}")
-    return lo
+    return lo, hi
 
 
 def zero_count_rows(chunk: sp.csr_matrix, data_min) -> int:

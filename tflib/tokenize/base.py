@@ -170,9 +170,9 @@ class _Tokenizer:
             state = getattr(local, "state", None)
             if state is None:
                 state = local.state = self._start_state()
-            data_min = validate_values(chunk.data, input, where=f" (cells {start}-{stop})")
+            data_min, data_max = validate_values(chunk.data, input, where=f" (cells {start}-{stop})")
             part, rep = self._encode_chunk(chunk, data_min, colmap, dup, state, input)
-            top = float(chunk.data.max()) if input == "normalized" and chunk.data.size else -np.inf
+            top = -np.inf if data_max is None else float(data_max)
             return start, stop, part, rep, zero_count_rows(chunk, data_min), top
 
         jobs = resolve_jobs(n_jobs) if self.parallel_chunks else 1
@@ -189,7 +189,7 @@ class _Tokenizer:
             yield start, stop, part, total
         total["count_fraction_covered"] = (total["counts_covered"] / total["counts_total"]
                                            if total["counts_total"] else 0.0)
-        if 1 < largest < LOG_LIKE_MAX:
+        if input == "normalized" and 1 < largest < LOG_LIKE_MAX:
             where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
             warnings.warn(
                 f"input='normalized', but the largest value of {where} is {largest:.3g}: it looks "
