@@ -249,6 +249,22 @@ assert fused_gap < 1e-6
 # :pyobject: SelfAttention
 # ```
 #
+# Two shortcuts in `forward` serve later chapters and change no number. `attend_one_query`
+# runs attention for the first position only (`<cls>`, whose state is the cell embedding of
+# chapter 07): since a score is $q \cdot (W_K x_j + b_K)$, it multiplies $q$ by $W_K$ once
+# and takes dot products with the inputs themselves, so no key and no value is ever projected.
+# `rows` lets a batch pass each distinct (token, position) input only once through the three
+# projections; chapter 11 uses it, because the hundreds of perturbed copies of one cell share
+# almost all of those pairs. We check the first shortcut on the toy cell.
+
+# %%
+with torch.no_grad():
+    ctx_one, w_one = attn.attend_one_query(xb, key_mask=None)  # (1, 1, 1, 4), (1, 1, 1, 5)
+torch.testing.assert_close(ctx_one[0, 0, 0], ctx_steps[0, 0, 0], rtol=0, atol=1e-6)
+torch.testing.assert_close(w_one[0, 0, 0], weights[0, 0, 0], rtol=0, atol=1e-6)
+print("<cls> by the one-query path: same weights and output as row 0 above")
+
+# %% [markdown]
 # ### Heads and padding
 #
 # **Multi-head attention** cuts the $D$ coordinates into $H$ slices of $D_h = D / H$ and runs

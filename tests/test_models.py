@@ -223,3 +223,29 @@ def test_bad_token_ids_get_errors_with_the_fix():
     with pytest.raises(ValueError, match=r"token ids must lie in 0..49 .* got 0..50"):
         model(torch.where(ids == ids.max(), torch.tensor(50), ids))
     assert np.isfinite(model(ids).logits.detach().numpy()).all()
+
+
+def test_dedupe_and_one_query_paths_give_the_same_states():
+    """encode(dedupe=True) and the key-free <cls> attention match the plain forward pass."""
+    torch.manual_seed(0)
+    for n_layer in (1, 2):
+        m = Transcriptformer(tiny(n_layer=n_layer)).eval()
+        ids, mask = batch()
+        ids = torch.cat([ids, ids, ids.roll(1, dims=1)])                # repeated (token, position) pairs
+        mask = torch.cat([mask, mask, mask.roll(1, dims=1)])
+        ids[:, 0] = ids[0, 0]
+        mask[:, 0] = True
+        ids = torch.where(mask, ids, torch.zeros_like(ids))
+        ref = m(ids, mask, output_hidden_states=True).hidden_states
+        for layer in range(n_layer + 1):
+            for unpad in (False, True):
+                got = m.encode(ids, mask, layer=layer, unpad=unpad, dedupe=True)
+                torch.testing.assert_close(got[mask], ref[layer][mask], atol=1e-5, rtol=1e-5)
+                first = m.encode(ids, mask, layer=layer, unpad=unpad, first_only=True, dedupe=True)
+                torch.testing.assert_close(first[:, 0], ref[layer][:, 0], atol=1e-5, rtol=1e-5)
+        # the one-query attention returns the same weights as the step-by-step path
+        x = m.embeddings(ids)
+        attn = m.encoder.blocks[0].attn
+        _, w_one = attn(x, mask, first_only=True)
+        _, w_all = attn(x, mask, need_weights=True)
+        torch.testing.assert_close(w_one[:, :, 0], w_all[:, :, 0], atol=1e-6, rtol=1e-5)

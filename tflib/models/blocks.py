@@ -126,11 +126,12 @@ class Embeddings(nn.Module):
         self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        B, L = input_ids.shape
-        pos = torch.arange(L, device=input_ids.device)                  # (L,)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        # input_ids: (B, L), each at position 0..L-1; or, with ``positions``, any (..., ) pairs
+        if positions is None:
+            positions = torch.arange(input_ids.shape[-1], device=input_ids.device)  # (L,)
         x = self.word(input_ids)                                        # (B, L, D)
-        x = x + self.position(pos)                                      # (B, L, D) + (L, D)
+        x = x + self.position(positions)                                # (B, L, D) + (L, D)
         x = x + self.token_type.weight[0]                               # (B, L, D) + (D,): every token is type 0
         return self.drop(self.ln(x))                                    # (B, L, D)
 
@@ -177,14 +178,51 @@ class SelfAttention(nn.Module):
         p = self.attn_drop_p if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, Dh)
 
+    def attend_one_query(self, x, key_mask):
+        """Attention for the first position only, without projecting any key or value.
+
+        A score is ``q . (W_k x_j + b_k)``: fold ``W_k`` into the query once and take dot products
+        with the hidden states themselves (``q . b_k`` is the same for every key, and softmax
+        ignores it). The values mix the same way: ``sum_j w_j (W_v x_j + b_v) = W_v (sum_j w_j
+        x_j) + b_v``, because the weights sum to 1. Same numbers, ``L`` times less projection work.
+        """
+        B, L, D = x.shape
+        q = self.split_heads(self.query(x[:, :1]))                      # (B, 1, D) -> (B, H, 1, Dh)
+        w_k = self.key.weight.view(self.n_head, self.head_dim, D)       # (D, D) -> (H, Dh, D) one slab per head
+        q_x = torch.einsum("bhqd,hde->bhqe", q, w_k)                    # (B, H, 1, Dh) x (H, Dh, D) -> (B, H, 1, D)
+        scores = torch.bmm(q_x[:, :, 0], x.transpose(1, 2))            # (B, H, D) @ (B, D, L) -> (B, H, L)
+        scores = scores / math.sqrt(self.head_dim)                      # (B, H, L)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, :], torch.finfo(scores.dtype).min)  # (B, H, L)
+        weights = scores.softmax(dim=-1)                                # (B, H, L)
+        mixed = torch.bmm(weights, x)                                   # (B, H, L) @ (B, L, D) -> (B, H, D)
+        w_v = self.value.weight.view(self.n_head, self.head_dim, D)     # (H, Dh, D)
+        ctx = torch.einsum("bhe,hde->bhd", mixed, w_v)                  # (B, H, D) x (H, Dh, D) -> (B, H, Dh)
+        ctx = ctx + self.value.bias.view(self.n_head, self.head_dim)    # (B, H, Dh)
+        return ctx[:, :, None], weights[:, :, None]                     # (B, H, 1, Dh), (B, H, 1, L)
+
     def forward(self, x, key_mask=None, packing: Packing | None = None, need_weights: bool = False,
-                first_only: bool = False):
+                first_only: bool = False, rows: torch.Tensor | None = None):
         # x: (B, L, D), or (T, D) when ``packing`` drops the padding
         # first_only: only the first position asks (queries), e.g. <cls> in the last block
+        # rows: x holds only the batch's distinct rows (U, D), and rows (B, L) or (T,) picks them
         if first_only and packing is not None:
             raise ValueError("first_only needs the padded (B, L, D) layout; pad before the last block.")
+        if rows is not None:                                            # project each distinct row once
+            flat = rows.reshape(-1)                                     # (B*L,) or (T,)
+            if not first_only:
+                qkv = torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1)  # (U, 3D)
+                qkv = qkv.index_select(0, flat).view(*rows.shape, -1)   # (B, L, 3D) or (T, 3D)
+            x = x.index_select(0, flat).view(*rows.shape, -1)           # (U, D) -> (B, L, D) or (T, D)
+        if first_only and not (self.training and self.attn_drop_p > 0):  # (dropped weights do not sum to 1)
+            ctx, weights = self.attend_one_query(x, key_mask)           # (B, H, 1, Dh), (B, H, 1, L)
+            ctx = ctx.transpose(1, 2).reshape(x.shape[0], 1, -1)        # (B, H, 1, Dh) -> (B, 1, D)
+            return self.ln(x[:, :1] + self.drop(self.proj(ctx))), weights  # residual, then post-LN: (B, 1, D)
         x_q = x[:, :1] if first_only else x                             # (B, 1, D) or x
-        q, k, v = self.query(x_q), self.key(x), self.value(x)          # 3 x (B, L, D) or (T, D)
+        if rows is not None:
+            q, k, v = qkv.chunk(3, dim=-1)                              # 3 x (B, L, D) or (T, D)
+        else:
+            q, k, v = self.query(x_q), self.key(x), self.value(x)      # 3 x (B, L, D) or (T, D)
         if packing is not None:
             q, k, v = packing.pad(q), packing.pad(k), packing.pad(v)    # 3 x (B, L, D)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # 3 x (B, H, L, Dh)
@@ -224,8 +262,8 @@ class Block(nn.Module):
         self.attn = SelfAttention(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, key_mask=None, packing=None, need_weights=False, first_only=False):
-        x, weights = self.attn(x, key_mask, packing, need_weights, first_only)  # (B, L, D), (T, D) or (B, 1, D)
+    def forward(self, x, key_mask=None, packing=None, need_weights=False, first_only=False, rows=None):
+        x, weights = self.attn(x, key_mask, packing, need_weights, first_only, rows)  # (B, L, D), (T, D) or (B, 1, D)
         return self.mlp(x), weights                                     # same shape
 
 
@@ -236,10 +274,15 @@ class Encoder(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
 
-    def forward(self, x, key_mask=None, packing=None, n_blocks=None, keep_hidden=False, need_weights=False):
+    def forward(self, x, key_mask=None, packing=None, n_blocks=None, keep_hidden=False, need_weights=False,
+                rows=None):
+        # rows: x holds distinct rows only (see SelfAttention); the first block expands them
+        if rows is not None and (keep_hidden or not self.blocks[:n_blocks]):
+            x, rows = x[rows], None                                     # (U, D) -> (B, L, D) or (T, D)
         hidden, attentions = [x] if keep_hidden else None, [] if need_weights else None
         for block in self.blocks[:n_blocks]:
-            x, w = block(x, key_mask, packing, need_weights)             # (B, L, D) or (T, D)
+            x, w = block(x, key_mask, packing, need_weights, rows=rows)  # (B, L, D) or (T, D)
+            rows = None
             if keep_hidden:
                 hidden.append(x)
             if need_weights:

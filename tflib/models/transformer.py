@@ -117,27 +117,38 @@ class Transcriptformer(nn.Module):
         return attention_mask.bool()
 
     def encode(self, input_ids, attention_mask=None, *, layer: int = -1, unpad: bool = False,
-               first_only: bool = False):
+               first_only: bool = False, dedupe: bool = False):
         """Hidden states ``(B, L, D)`` after block ``layer`` (``-1`` = last, ``0`` = embeddings).
 
         Blocks after ``layer`` are not run and no head is computed: the fast path of
         :func:`tflib.tl.embed` (chapter 07). ``unpad=True`` skips compute on padding.
         ``first_only=True`` returns ``(B, 1, D)``, the first token's state (``<cls>``), and
-        computes the last block for that position only.
+        computes the last block for that position only (no key or value projections at all, see
+        :meth:`SelfAttention.attend_one_query`). ``dedupe=True`` computes the embeddings and the
+        first block's query, key and value projections once per distinct (token, position) pair
+        of the batch: the same numbers, and much less work when the rows are variants of a few
+        cells, as in :func:`tflib.tl.perturb` (chapter 11).
         """
         mask = self._check_inputs(input_ids, attention_mask)           # (B, L)
         n = self.config.n_layer
         n_blocks = layer % (n + 1) if layer < 0 else layer
         if not 0 <= n_blocks <= n:
             raise ValueError(f"layer={layer} out of range for a {n}-layer model (use -{n + 1}..{n}).")
-        x = self.embeddings(input_ids)                                  # (B, L, D)
         packing = Packing(mask) if unpad else None
-        if packing is not None:
-            x = packing.unpad(x)                                        # (T, D)
+        rows = None
+        if dedupe:                                                      # one row per (token, position) pair
+            B, L = input_ids.shape
+            pairs = input_ids * L + torch.arange(L, device=input_ids.device)  # (B, L) unique code of each pair
+            pairs, rows = torch.unique(pairs, return_inverse=True)      # (U,), (B, L) index into them
+            x = self.embeddings(pairs // L, positions=pairs % L)        # (U, D)
+            rows = packing.unpad(rows) if packing is not None else rows  # (T,) or (B, L)
+        else:
+            x = self.embeddings(input_ids)                              # (B, L, D)
+            x = packing.unpad(x) if packing is not None else x         # (T, D) or (B, L, D)
         last = None
         if first_only and n_blocks > 0:                                 # the last block runs for <cls> only
             n_blocks, last = n_blocks - 1, self.encoder.blocks[n_blocks - 1]
-        x, _, _ = self.encoder(x, mask, packing, n_blocks=n_blocks)    # (B, L, D) or (T, D)
+        x, _, _ = self.encoder(x, mask, packing, n_blocks=n_blocks, rows=rows)  # (B, L, D) or (T, D)
         x = packing.pad(x) if packing is not None else x               # (B, L, D)
         if last is not None:
             x, _ = last(x, mask, first_only=True)                       # (B, 1, D)

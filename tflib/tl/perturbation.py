@@ -81,7 +81,7 @@ def _resolve_genes(adata, tokenizer, genes, encode_kwargs):
 
 def _pool(model, ids, mask, *, pooling, layer, special):
     """Pooled ``(B, D)`` float32 embeddings of a batch, in eval mode."""
-    h = model.encode(ids, mask, layer=layer, first_only=pooling == "cls")                # (B, L|1, D)
+    h = model.encode(ids, mask, layer=layer, first_only=pooling == "cls", dedupe=True)   # (B, L|1, D)
     if pooling == "cls":
         return h[:, 0].float()                                                           # (B, D)
     keep = (mask & ~torch.isin(ids, special)).float()                                    # (B, L) gene tokens
@@ -94,13 +94,13 @@ def _fate_proba(fate_model, ids, mask):
     net = res.net
     ctx = min(res.max_len, ids.shape[1])
     ids, mask = ids[:, :ctx], mask[:, :ctx]                                              # (B, l) its context
-    z = net.head(net.upper(net.lower(ids, mask), ids, mask)) / res.temperature          # (B, K)
+    z = net.head(net.upper(net.lower(ids, mask, dedupe=True), ids, mask)) / res.temperature  # (B, K)
     return torch.softmax(z.double(), dim=1)
 
 
 def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=None,
             goal_key: str | None = None, goal: str | None = None, velocity_key: str | None = None, cells=None,
-            pooling: str = "cls", layer: int = -1, batch_size: int = 16, device=None, tokens=None,
+            pooling: str = "cls", layer: int = -1, batch_size: int = 64, device=None, tokens=None,
             check_coverage: bool = True, progress: bool | None = None,
             encode_kwargs: dict | None = None) -> pd.DataFrame:
     """Delete or overexpress genes in every cell, in silico, and score the shifts (chapter 11).
@@ -137,7 +137,9 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         layer): adds ``flow_score``.
     pooling, layer, batch_size, device
         As in :func:`tflib.tl.embed`; ``batch_size`` perturbed cells go through one forward pass
-        (on 2 CPU cores small batches were fastest: 16 by default; on a GPU use hundreds).
+        (64 by default, the fastest on 2 CPU cores in ``benchmarks/perturb.py``: the variants of
+        one cell share most (token, position) pairs, which the model computes once per batch, see
+        ``Transcriptformer.encode(dedupe=True)``; on a GPU use hundreds).
         The device comes from :func:`tflib.utils.get_device` when ``None``.
     tokens, encode_kwargs
         Pre-computed ``tokenizer.encode(adata)`` output, or arguments for it (e.g.

@@ -138,11 +138,9 @@ class CellModel(nn.Module):
         self.register_buffer("special_ids", torch.as_tensor(list(special_ids), dtype=torch.long))
         self.register_buffer("temperature", torch.ones(()))
 
-    def lower(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.encoder.embeddings(ids)                                # (B, L, D)
-        for block in self.encoder.encoder.blocks[: self.k]:
-            x, _ = block(x, mask)                                       # (B, L, D)
-        return x
+    def lower(self, ids: torch.Tensor, mask: torch.Tensor, *, dedupe: bool = False) -> torch.Tensor:
+        # dedupe: see Transcriptformer.encode (chapter 11 passes it for batches of perturbed cells)
+        return self.encoder.encode(ids, mask, layer=self.k, dedupe=dedupe)  # (B, L, D)
 
     def upper(self, x: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for block in self.encoder.encoder.blocks[self.k:]:
