@@ -93,7 +93,7 @@ def main(argv=None):
     p.add_argument("--cells", type=int, default=300)
     p.add_argument("--genes", type=int, default=3060)
     p.add_argument("--max-len", type=int, default=128, help="model context (the course checkpoint's: 128)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per side; the fastest counts")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per side; the fastest counts")
     p.add_argument("--batch-size", type=int, default=64, help="tl.perturb's default")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--loop-cells", type=int, default=30,

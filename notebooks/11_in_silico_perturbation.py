@@ -160,7 +160,11 @@ glue("c11_master_detect", float(detected[masters].mean() * 100), display=False)
 # one place. Overexpressing a gene moves it right behind `<cls>`; a gene the cell did not
 # express is inserted there. `tflib` does this for a whole batch at once, as index arithmetic
 # on the padded token array: every variant is a row of source positions, and one `gather`
-# builds them all.
+# builds them all. The forward pass then exploits what the variants of one cell have in
+# common: a deletion behind the model's context changes nothing the model reads, so it is
+# scored without running the model, and the others share almost every (token, position)
+# pair, whose embeddings and first-block projections are computed once per batch (chapter
+# 05). `benchmarks/perturb.py` measures the result against one forward pass per (cell, gene).
 #
 # ````{admonition} Library code: tflib.tl.perturb_tokens.perturbed_batch
 # :class: dropdown
