@@ -95,3 +95,19 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_token_store(tmp_path):
     assert (partial / "mine.csv").exists()
     tok.encode_to_store(a, tmp_path / "real")
     tok.encode_to_store(a, tmp_path / "real", overwrite=True)       # its own store: replaced
+
+
+def test_a_file_added_to_the_old_store_while_writing_is_never_deleted(tmp_path):
+    """overwrite=True is re-checked when the new store is moved in: a user's file stops the swap."""
+    from tflib.tokenize.store import TokenStoreWriter
+
+    a = synthetic_counts(20, 30)
+    tok = RankValueTokenizer(GeneVocab.from_genes(a.var_names), gene_medians(a), preset="V2")
+    path = tmp_path / "real"
+    tok.encode_to_store(a, path)
+    writer = TokenStoreWriter(path, {}, overwrite=True)                 # the old store passes the first check
+    (path / "mine.txt").write_text("keep me")                          # ... then a user's file arrives
+    with pytest.raises(FileExistsError, match="no longer holds only a token store"):
+        writer.close()
+    assert (path / "mine.txt").read_text() == "keep me"
+    assert (path / "store.json").is_file()                             # the old store is intact too

@@ -135,7 +135,11 @@ class TokenStoreWriter:
                 "has_values": self._val is not None, "obs_rows": obs_rows, "config": self.config,
                 "report": _jsonable(self.report)}
         (self.tmp / "store.json").write_text(json.dumps(meta, indent=1))
-        if self.path.exists():  # overwrite=True was checked in __init__
+        if self.path.exists():  # overwrite=True was checked in __init__; check the contents again now
+            if not _is_store_folder(self.path, complete=True):
+                raise FileExistsError(f"{self.path} no longer holds only a token store (a file was added while "
+                                      "writing); it is left alone and the new store stays at "
+                                      f"{self.tmp}. Move one of them and retry.")
             shutil.rmtree(self.path)
         self.tmp.rename(self.path)
 
