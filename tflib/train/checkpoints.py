@@ -128,7 +128,7 @@ def prepare_out_dir(out_dir, *, resume: bool, overwrite: bool, clean: bool = Tru
     if previous and clean:
         for name in ("loss_log.csv",):
             (out_dir / name).unlink(missing_ok=True)
-        if (out_dir / "model").is_dir():
+        if _is_model_folder(out_dir / "model"):                       # checked again at the moment of deleting
             shutil.rmtree(out_dir / "model")
         for c in (sorted(ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []):
             if _is_checkpoint(c):
