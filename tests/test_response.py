@@ -313,7 +313,31 @@ def test_counts_from_lognorm_names_the_other_total_columns_and_one_works():
     obs = pd.DataFrame({"n_counts_before_qc": totals + 7.0, "initial_size": totals},
                        index=[f"c{i}" for i in range(len(C))])      # the first counted genes later dropped
     a = ad.AnnData(X=sp.csr_matrix(X), obs=obs)
-    with pytest.raises(ValueError, match=r"columns to try as total_key: \['initial_size'\]"):
+    with pytest.raises(ValueError, match=r"Fix: total_key='initial_size' gives integer counts"):
         R.counts_from_lognorm(a, total_key="n_counts_before_qc")
     R.counts_from_lognorm(a, total_key="initial_size")                # the suggestion works
     np.testing.assert_array_equal(a.layers["counts"].toarray(), C)
+
+
+def test_counts_from_lognorm_without_a_usable_total_points_to_tokens_from_expm1():
+    """No obs column rebuilds the counts: the error offers the tokenizer route, and that route gives
+    the tokens of the counts (rank-value tokens depend only on a cell's relative values; with equal
+    gene medians, rounding cannot reorder genes, so the tokens are identical)."""
+    from tflib.tokenize import GeneVocab, RankValueTokenizer
+
+    C = _counts()
+    totals = C.sum(1)
+    genes = [f"G{i}" for i in range(C.shape[1])]
+    X = np.log1p(C / totals[:, None] * 1e4).astype(np.float32)
+    obs = pd.DataFrame({"ncounts": totals * 3.1 + 5.0}, index=[f"c{i}" for i in range(len(C))])  # HVGs kept later
+    a = ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=genes))
+    with pytest.raises(ValueError, match="No obs column gives integer counts") as err:
+        R.counts_from_lognorm(a, total_key="ncounts")
+    assert "adata.layers['normalized'] = adata.X.expm1()" in str(err.value)
+    a.layers["normalized"] = a.X.expm1()                              # the suggested route
+    tok = RankValueTokenizer(GeneVocab.from_genes(genes), {g: 1.0 for g in genes})   # ties only within a count
+    counts = ad.AnnData(X=sp.csr_matrix(C.astype(np.float32)), obs=obs, var=pd.DataFrame(index=genes))
+    got = tok.encode(a, layer="normalized", input="normalized")
+    ref = tok.encode(counts)
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    np.testing.assert_array_equal(got.offsets, ref.offsets)

@@ -30,6 +30,33 @@ def _check_lognorm(X, name):
                          "log-normalised layer with layer=.")
 
 
+def _rebuild(E, unit, totals):
+    """``(counts, target, largest residual)`` from ``E = expm1(X)`` (CSR) and per-cell totals."""
+    target = float(np.median(unit * totals))
+    C = sp.csr_matrix(sp.diags(totals / target) @ E)
+    residual = float(np.abs(C.data - np.round(C.data)).max()) if C.nnz else 0.0
+    return C, target, residual
+
+
+def _other_totals(adata, E, unit, total_key, tol, source) -> str:
+    """The rest of the error: which other ``obs`` columns do give integers, and what to do if none."""
+    others = [c for c in adata.obs.columns if c != total_key
+              and pd.api.types.is_numeric_dtype(adata.obs[c]) and (adata.obs[c] > 0).all()]
+    works = [c for c in others
+             if _rebuild(E, unit, adata.obs[c].to_numpy(dtype=np.float64))[2] <= tol]
+    if works:
+        return f"Fix: total_key={works[0]!r} gives integer counts" + (
+            f" (so do {works[1:4]})." if len(works) > 1 else ".")
+    tried = f" (also tried, without success: {others[:8]})" if others else ""
+    return (f"No obs column gives integer counts{tried}, so the counts cannot be rebuilt from this file: "
+            "load its raw counts instead (for the course's Kang data, tflib.datasets.load('kang_pbmc')). "
+            "To tokenize with the rank-value tokenizer no counts are needed, since a cell's tokens depend "
+            "only on its relative values (float rounding can at most swap genes whose values tie exactly): "
+            "undo just the log, "
+            f"adata.layers['normalized'] = {'adata.X' if source == 'X' else f'adata.layers[{source!r}]'}.expm1() "
+            "(np.expm1(...) if dense), and tokenize with layer='normalized', input='normalized'.")
+
+
 def counts_from_lognorm(adata, *, total_key: str, layer: str | None = None, key_added: str = "counts",
                         tol: float = 0.01, copy: bool = False):
     """Rebuild raw counts from ``log1p(counts / total * target)`` when that inversion is exact.
@@ -88,21 +115,13 @@ def counts_from_lognorm(adata, *, total_key: str, layer: str | None = None, key_
         raise ValueError(f"{int((nnz == 0).sum())} cells have no expressed gene. Fix: remove them first "
                          "(sc.pp.filter_cells(adata, min_genes=1)).")
     unit = np.minimum.reduceat(E.data, E.indptr[:-1])
-    target = float(np.median(unit * totals))
-    C = sp.diags(totals / target) @ E
-    C = sp.csr_matrix(C)
-    residual = float(np.abs(C.data - np.round(C.data)).max()) if C.nnz else 0.0
+    C, target, residual = _rebuild(E, unit, totals)
     if residual > tol:
-        others = [c for c in adata.obs.columns if c != total_key
-                  and pd.api.types.is_numeric_dtype(adata.obs[c]) and (adata.obs[c] > 0).all()]
-        try_other = (f"Other positive numeric obs columns to try as total_key: {others[:8]}. " if others
-                     else "No other obs column looks like a per-cell total. ")
         raise ValueError(
             f"expm1(X) * {total_key} / {target:.4g} is not integer-valued (largest residual {residual:.3g} > "
             f"tol={tol}): the values are not a plain log1p(counts / total * target) of obs[{total_key!r}] "
             "(a total counted before or after some genes or cells were filtered gives this). "
-            f"{try_other}If none gives integers, the counts cannot be rebuilt from this file: load the raw "
-            "counts instead (for the course, tflib.datasets.load('kang_pbmc') keeps them in X).")
+            + _other_totals(adata, E, unit, total_key, tol, "X" if layer is None else layer))
     C.data = np.round(C.data)
     C.eliminate_zeros()
     out = adata.copy() if copy else adata

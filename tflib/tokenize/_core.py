@@ -110,8 +110,9 @@ def validate_values(data: np.ndarray, input: str, where: str = ""):
     if input == "counts" and data.dtype.kind == "f" and not np.array_equal(data, np.floor(data)):
         if hi < 20:
             hint = " It looks log-normalised (all values < 20)."
-            fix = ("Fix: pass the raw counts; input='normalized' is only for per-cell normalised values that "
-                   "were not log-transformed.")
+            fix = ("Fix: pass the raw counts (tflib.pp.counts_from_lognorm rebuilds them when obs holds each "
+                   "cell's total), or undo the log and tokenize the normalised values: put np.expm1 of them in "
+                   "a layer (adata.X.expm1() if sparse) and pass that layer with input='normalized'.")
         else:
             hint = ""
             fix = ("Fix: pass the raw counts, or, if the values really are per-cell normalised "
