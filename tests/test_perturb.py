@@ -8,7 +8,7 @@ import torch
 
 import tflib.tl as tl
 from tflib.models import Transcriptformer, TranscriptformerConfig
-from tflib.tokenize import GeneVocab, RankValueTokenizer
+from tflib.tokenize import GeneVocab, RankValueTokenizer, TokenizerMismatchError
 
 from _tiny_world import GENES, tiny_world
 
@@ -207,3 +207,79 @@ def test_counts_problems_name_the_fix(setup):
     logged.X.data = np.log1p(logged.X.data) + 0.01
     with pytest.raises(ValueError, match="not raw counts"):
         tl.perturb(logged, model, tok, "G1")
+
+
+def test_summary_keeps_overexpressed_genes_that_no_cell_expresses(setup):
+    adata, model, tok = setup
+    unmeasured = adata[:, [g for g in adata.var_names if g != "G1"]].copy()   # G1 is in the vocabulary only
+    up = tl.perturb(unmeasured, model, tok, ["G1", "G2"], kind="overexpress")
+    summary = tl.perturb_summary(up)
+    assert list(summary.index) == ["G1", "G2"]
+    assert summary.loc["G1", "n_expressed"] == 0 and summary.loc["G1", "n_cells"] == unmeasured.n_obs
+    assert summary.loc["G1", "mean_embedding_shift_l2"] == pytest.approx(up.loc[up["gene"] == "G1",
+                                                                                "embedding_shift_l2"].mean())
+    gone = tl.perturb(unmeasured, model, tok, ["G1", "G2"], kind="delete")
+    assert list(tl.perturb_summary(gone).index) == ["G2"]          # a deletion of G1 changed no cell
+    assert len(tl.perturb_summary(up, min_cells=unmeasured.n_obs + 1)) == 0
+
+
+def test_tokens_from_other_cells_or_another_tokenizer_are_refused(setup):
+    adata, model, tok = setup
+    with pytest.raises(ValueError, match=r"tokens= were made from other cells.*'c6'.*'c0'"):
+        tl.perturb(adata, model, tok, ["G1"], tokens=tok.encode(adata[6:]))
+    with pytest.raises(ValueError, match="tokens= were made from other cells"):
+        tl.embed(adata, model, tok, tokens=tok.encode(adata[6:]), copy=True)
+    longer = RankValueTokenizer(tok.vocab, tok.gene_medians, preset="V2", max_len=10)
+    with pytest.raises(TokenizerMismatchError, match="max_len"):
+        tl.perturb(adata, model, tok, ["G1"], tokens=longer.encode(adata))
+    sub = adata[6:].copy()
+    ok = tl.perturb(sub, model, tok, ["G1"], tokens=tok.encode(sub))       # the fix: tokens of these cells
+    pd.testing.assert_frame_equal(ok, tl.perturb(sub, model, tok, ["G1"]))
+
+
+def test_a_tokenizer_other_than_the_models_saved_one_is_refused(setup):
+    import copy
+
+    adata, model, tok = setup
+    saved = copy.deepcopy(model)
+    saved.tokenizer = tok                                            # as course_checkpoint() loads it
+    other = RankValueTokenizer(tok.vocab, tok.gene_medians, preset="V2", max_len=10)
+    with pytest.raises(TokenizerMismatchError, match=r"max_len.*tokenizer=model.tokenizer"):
+        tl.perturb(adata, saved, other, ["G1"])
+    with pytest.raises(TokenizerMismatchError, match="tokenizer=model.tokenizer"):
+        tl.embed(adata, saved, other, copy=True)
+    fixed = tl.perturb(adata, saved, saved.tokenizer, ["G1"])        # the named fix runs
+    pd.testing.assert_frame_equal(fixed, tl.perturb(adata, model, tok, ["G1"]))
+
+
+def test_gene_list_slips_name_the_fix(setup):
+    adata, model, tok = setup
+    with pytest.raises(TypeError, match="genes='all'"):
+        tl.perturb(adata, model, tok, None)
+    with pytest.raises(TypeError, match="non-empty tuple"):
+        tl.perturb(adata, model, tok, [()])
+    with pytest.raises(ValueError, match=r"lists \['G1'\] more than once"):
+        tl.perturb(adata, model, tok, ["G1", "G2", "G1"])
+    with pytest.raises(KeyError, match=r"Did you mean \{'g1': 'G1'\}"):
+        tl.perturb(adata, model, tok, ["g1"])
+    with pytest.raises(ValueError, match=r"none of the genes \['G37\+G38'\]"):
+        tl.perturb(adata, model, tok, [("G37", "G38")])
+
+
+def test_unmeasured_genes_are_named_as_adata_names_its_genes():
+    """Mouse data, human vocabulary: a gene named the mouse way maps through the orthologs even when
+    the assay did not measure it (issue found by a new-user trial on the dentate gyrus)."""
+    human = ["ACTB", "SOX2", "NEUROG3", "GAPDH", "PAX6", "PROX1"]
+    mouse = ["Actb", "Sox2", "Neurog3", "Gapdh", "Pax6"]                  # Prox1 not measured
+    tok = RankValueTokenizer(GeneVocab.from_genes(human), {g: 1.0 for g in human}, preset="V2")
+    X = np.random.default_rng(0).poisson(2.0, (6, len(mouse))).astype(np.float32) + 1
+    a = ad.AnnData(sp.csr_matrix(X))
+    a.var_names = mouse
+    torch.manual_seed(0)
+    model = Transcriptformer(TranscriptformerConfig(vocab_size=len(tok.vocab), max_len=12, n_layer=1, n_head=2,
+                                                    n_embd=16, n_inner=32)).eval()
+    up = tl.perturb(a, model, tok, ["Prox1", "Sox2"], kind="overexpress")
+    prox = up[up["gene"] == "Prox1"]
+    assert len(prox) == 6 and not prox["expressed"].any() and (prox["embedding_shift_l2"] > 0).all()
+    same = tl.perturb(a, model, tok, ["PROX1"], kind="overexpress")      # the human name gives the same shifts
+    np.testing.assert_allclose(prox["embedding_shift_l2"], same["embedding_shift_l2"], atol=1e-6)

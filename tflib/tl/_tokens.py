@@ -10,7 +10,40 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["encode_cells", "check_layer_index"]
+__all__ = ["encode_cells", "check_layer_index", "check_model_tokenizer"]
+
+
+def check_model_tokenizer(model, tokenizer) -> None:
+    """Refuse a tokenizer that is not the one ``model`` was trained with, before any work is done.
+
+    Two checks: the vocabulary size must equal ``model.config.vocab_size``; and when the model
+    was loaded with its tokenizer (``model.tokenizer``, as ``course_checkpoint`` and
+    ``from_pretrained`` do), the two tokenizers' configs must agree on everything that changes
+    what a token means (preset, vocabulary, gene medians, ``max_len``). A tokenizer with another
+    ``max_len`` otherwise runs silently and changes which genes count as expressed. Used by
+    :func:`tflib.tl.embed` and :func:`tflib.tl.perturb` (chapters 07 and 11).
+    """
+    conf = tokenizer.config() if hasattr(tokenizer, "config") else {}
+    size = conf.get("vocab_size", len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else None)
+    if size is not None and int(size) != model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {size} tokens but the model expects vocab_size={model.config.vocab_size}; "
+            "use the tokenizer saved with the model (model.tokenizer after from_pretrained, or the pair "
+            "that tflib.models.course_checkpoint() returns)."
+        )
+    saved = getattr(model, "tokenizer", None)
+    if saved is None or saved is tokenizer or not hasattr(saved, "config") or not conf:
+        return
+    from tflib.tokenize import TokenizerMismatchError
+    from tflib.tokenize.base import check_configs
+
+    try:
+        check_configs(saved.config(), conf, what="the model's training tokens")
+    except TokenizerMismatchError as err:
+        first = str(err).split(" Fix:")[0]
+        raise TokenizerMismatchError(
+            f"{first} Fix: pass the tokenizer saved with the model, tokenizer=model.tokenizer (the "
+            "pair that tflib.models.course_checkpoint() or load_pretrained() returns).") from None
 
 
 def encode_cells(adata, tokenizer, *, tokens=None, encode_kwargs=None, check_coverage: bool = True):
@@ -44,11 +77,35 @@ def encode_cells(adata, tokenizer, *, tokens=None, encode_kwargs=None, check_cov
             raise clearer from err
     else:
         cells = tokens
+        recorded = getattr(cells, "config", None)
+        if tokenizer is not None and isinstance(recorded, dict) and recorded and hasattr(tokenizer, "check_compatible"):
+            tokenizer.check_compatible(recorded, what="tokens=")
     rows = np.asarray(getattr(cells, "obs_index", np.arange(len(cells))), dtype=np.int64)
     if len(rows) != len(cells) or (rows.size and rows.max() >= adata.n_obs):
         raise ValueError(f"{len(cells)} token sequences do not line up with the {adata.n_obs} cells of adata; "
                          "pass tokens made from exactly these cells (tokenizer.encode(adata)) or none.")
+    if tokens is not None:
+        _check_token_cells(cells, rows, adata)
     return cells, rows
+
+
+def _check_token_cells(cells, rows, adata) -> None:
+    """``tokens=`` must come from these cells: compare the cell names they carry with adata's."""
+    try:
+        obs = cells.obs
+    except (AttributeError, OSError, KeyError):      # tokens without cell names (e.g. a store without obs.h5)
+        return
+    if obs is None or len(obs) != len(rows):
+        return
+    theirs = np.asarray(obs.index.astype(str))
+    ours = np.asarray(adata.obs_names.astype(str))[rows]
+    bad = np.flatnonzero(theirs != ours)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"tokens= were made from other cells than adata: {bad.size} of {len(rows)} sequences "
+                         f"carry another cell's name (sequence {i} is {theirs[i]!r}, but adata's cell in that "
+                         f"place is {ours[i]!r}). Fix: tokenize exactly these cells, "
+                         "tokens=tokenizer.encode(adata, ...), or pass no tokens.")
 
 
 def check_layer_index(layer) -> int:

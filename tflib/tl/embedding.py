@@ -28,7 +28,7 @@ from tflib._compat import renamed_kwargs
 from tflib.tokenize import special_token_ids
 from tflib.utils import get_device
 
-from ._tokens import check_layer_index, encode_cells
+from ._tokens import check_layer_index, check_model_tokenizer, encode_cells
 
 __all__ = ["embed", "gene_embeddings"]
 
@@ -40,16 +40,7 @@ UNPAD_ABOVE = 0.2
 def _tokens_for(adata, model, tokenizer, tokens, encode_kwargs, check_coverage):
     """Token ids for the cells of ``adata`` and the row each result belongs to (after checking that
     the tokenizer is the model's)."""
-    conf = tokenizer.config() if hasattr(tokenizer, "config") else {}
-    size = conf.get("vocab_size", len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else None)
-    if size is not None and int(size) != model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {size} tokens but the model expects vocab_size={model.config.vocab_size}; "
-            "use the tokenizer saved with the model (model.tokenizer after from_pretrained)."
-        )
-    saved = getattr(model, "tokenizer", None)
-    if saved is not None and hasattr(tokenizer, "check_compatible"):
-        tokenizer.check_compatible(saved.config(), what="the model's training tokens")
+    check_model_tokenizer(model, tokenizer)
     return encode_cells(adata, tokenizer, tokens=tokens, encode_kwargs=encode_kwargs,
                         check_coverage=check_coverage)
 
@@ -92,7 +83,8 @@ def embed(adata, model, tokenizer, *, key_added: str = "X_tf", pooling: str = "c
     adata
         The cells (AnnData; counts as the tokenizer expects them).
     model, tokenizer
-        A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with.
+        A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with (when the
+        model carries its saved tokenizer, ``model.tokenizer``, another config is refused).
     key_added
         Where the result goes (``key`` is still accepted for one release, with a ``FutureWarning``).
     pooling
@@ -105,7 +97,8 @@ def embed(adata, model, tokenizer, *, key_added: str = "X_tf", pooling: str = "c
         Cells per forward pass; device from :func:`tflib.utils.get_device` when ``None``.
     tokens
         Pre-computed ``tokenizer.encode(adata)`` output (skips tokenizing again; its coverage
-        was checked when it was made).
+        was checked when it was made). Refused if it was made from other cells (its ``obs``
+        names differ from ``adata``'s) or with another tokenizer.
     check_coverage
         Passed to ``tokenizer.encode``: refuse input whose counts fall mostly outside the
         tokenizer's genes (chapter 04). The same rule, with the same default, as every other

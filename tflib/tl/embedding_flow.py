@@ -44,18 +44,15 @@ import scipy.sparse as sp
 
 from tflib._compat import dense, renamed_kwargs
 
+from ._tokens import check_model_tokenizer
+
 __all__ = ["embedding_velocity", "embedding_kernel"]
 
 
 def _check_pair(model, tokenizer) -> None:
     """Fail early, with the fix, when tokenizer and model do not belong together."""
-    size = len(tokenizer.vocab) if hasattr(tokenizer, "vocab") else None
-    if size is not None and size != model.config.vocab_size:
-        raise ValueError(
-            f"The tokenizer has {size} tokens but the model expects vocab_size={model.config.vocab_size}: they "
-            "do not belong together. Fix: use the pair returned by one call, e.g. "
-            "`model, tokenizer = tflib.models.course_checkpoint()`."
-        )
+    check_model_tokenizer(model, tokenizer)
+
 
 def _embed_matrix(M, var, model, tokenizer, *, gene_key, pooling, batch_size, device, species) -> np.ndarray:
     """Embed the rows of a normalised (non-negative, not log) matrix with :func:`tflib.tl.embed`."""

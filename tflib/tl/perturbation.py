@@ -20,13 +20,15 @@ subject of chapter 11.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import torch
 
 from tflib.utils import get_device
 
-from ._tokens import check_layer_index, encode_cells
+from ._tokens import check_layer_index, check_model_tokenizer, encode_cells
 from .perturb_tokens import KINDS, gene_positions, pad_cells, perturbed_batch, perturbed_units
 
 __all__ = ["perturb", "perturb_summary"]
@@ -39,7 +41,10 @@ def _resolve_genes(adata, tokenizer, genes, encode_kwargs):
     ``var_names`` (or ``gene_key`` values).
     """
     map_kwargs = {k: encode_kwargs[k] for k in ("gene_key", "id_type", "species") if k in encode_kwargs}
-    colmap, _ = tokenizer.gene_columns(adata, check_coverage=False, **map_kwargs)
+    if genes is None or not isinstance(genes, (str, tuple)) and not hasattr(genes, "__iter__"):
+        raise TypeError(f"genes={genes!r}; pass a gene name, a list of names (tuples for combinations), "
+                        "or genes='all'.")
+    colmap, report = tokenizer.gene_columns(adata, check_coverage=False, **map_kwargs)
     gene_key = encode_kwargs.get("gene_key")
     names = np.asarray(adata.var_names if gene_key is None else adata.var[gene_key].astype(str), dtype=object)
     if isinstance(genes, str) and genes == "all":
@@ -49,22 +54,45 @@ def _resolve_genes(adata, tokenizer, genes, encode_kwargs):
     if not asked:
         raise ValueError("genes is empty; pass a gene name, a list of them, or genes='all'.")
     units = [tuple(u) if isinstance(u, (tuple, list)) else (u,) for u in asked]
+    odd = [u for u in units if not u or not all(isinstance(g, str) for g in u)]
+    if odd:
+        raise TypeError(f"each entry of genes must be a gene name or a non-empty tuple of names; got {odd[:3]}.")
+    twice = sorted("+".join(u) for u, n in Counter(units).items() if n > 1)
+    if twice:
+        raise ValueError(f"genes lists {twice[:5]} more than once; list each gene (or combination) once, "
+                         "e.g. genes=list(dict.fromkeys(genes)).")
     lookup = {str(n): int(c) for n, c in zip(names, colmap)}
     for g in {g for u in units for g in u if g not in lookup and g in tokenizer.vocab}:
         lookup[g] = int(tokenizer.vocab.token_to_id(g))                 # a vocabulary gene the assay did not measure
+    rest = sorted({g for u in units for g in u if g not in lookup})
+    if rest:                                                            # unmeasured genes named as adata names them
+        mapped = tokenizer.vocab.map_genes(rest, id_type=report.get("id_type", "auto"),
+                                           species=report.get("species", "auto"),
+                                           **{k: encode_kwargs[k] for k in ("gene_table", "ortholog_table")
+                                              if k in encode_kwargs})
+        lookup.update({g: int(i) for g, i in zip(rest, mapped.ids) if i >= 0})
     unknown = sorted({g for u in units for g in u if g not in lookup})
     if unknown:
+        known = {str(n).lower(): str(n) for n in names}
+        known.update({str(t).lower(): str(t) for t in tokenizer.vocab.tokens if str(t).lower() not in known})
+        close = {g: known[g.lower()] for g in unknown if g.lower() in known}
+        hint = f" Did you mean {close}? Gene names are case-sensitive." if close else ""
+        where = "adata.var_names" if gene_key is None else f"adata.var[{gene_key!r}]"
         raise KeyError(f"{len(unknown)} of the genes are neither in adata nor in the tokenizer's vocabulary "
-                       f"({unknown[:5]}); genes are matched against "
-                       f"{'adata.var_names' if gene_key is None else f'adata.var[{gene_key!r}]'} and the vocabulary.")
+                       f"({unknown[:5]}); genes are matched against {where}, the vocabulary, and "
+                       f"{report.get('species', 'the detected')} {report.get('id_type', '')} names mapped the "
+                       f"way adata's genes are.{hint}")
     repeated = [u for u in units if len(set(u)) < len(u)]
     if repeated:
         raise ValueError(f"a combination names a gene twice ({repeated[:3]}); list each gene once per tuple.")
     outside = [u for u in units if any(lookup[g] < 0 for g in u)]
     kept = [u for u in units if all(lookup[g] >= 0 for g in u)]
     if not kept:
-        raise ValueError(f"none of the genes {outside[:5]} is in the tokenizer's vocabulary, so none can be "
-                         "perturbed; choose genes the tokenizer knows (tokenizer.gene_columns(adata)[0] >= 0 marks them).")
+        raise ValueError(f"none of the genes {['+'.join(u) for u in outside[:5]]} is in the tokenizer's "
+                         "vocabulary, so none can be perturbed; choose genes the tokenizer knows "
+                         "(tokenizer.gene_columns(adata)[0] >= 0 marks them). adata's genes were read as "
+                         f"{report.get('species')} {report.get('id_type')} names; if that is wrong, set "
+                         "encode_kwargs={'species': ..., 'id_type': ...}.")
     if outside:
         import warnings
 
@@ -113,8 +141,10 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         A :class:`~tflib.models.Transcriptformer` and the tokenizer it was trained with.
     genes
         A gene name, a list of names (``adata.var_names``, or ``encode_kwargs["gene_key"]``
-        values, or vocabulary genes that ``adata`` does not measure: those count as unexpressed,
-        so a deletion changes nothing and an overexpression inserts them), or ``"all"``: every
+        values, or vocabulary genes that ``adata`` does not measure, named as the vocabulary names
+        them or as ``adata`` names its genes, e.g. mouse symbols through the same ortholog mapping:
+        those count as unexpressed, so a deletion changes nothing and an overexpression inserts
+        them), or ``"all"``: every
         vocabulary gene, in the cells that express it. A tuple in
         the list, e.g. ``[("GATA1", "SPI1")]``, perturbs its genes together (row ``"GATA1+SPI1"``;
         ``expressed`` means at least one of them is; ``rank`` is the first gene's).
@@ -142,8 +172,8 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
         ``Transcriptformer.encode(dedupe=True)``; on a GPU use hundreds).
         The device comes from :func:`tflib.utils.get_device` when ``None``.
     tokens, encode_kwargs
-        Pre-computed ``tokenizer.encode(adata)`` output, or arguments for it (e.g.
-        ``{"layer": "counts"}``).
+        Pre-computed ``tokenizer.encode(adata)`` output (refused if it was made from other cells
+        or with another tokenizer), or arguments for it (e.g. ``{"layer": "counts"}``).
     check_coverage
         As in :func:`tflib.tl.embed`: refuse input whose counts fall mostly outside the
         tokenizer's genes; ``False`` tokenizes the covered genes anyway.
@@ -248,10 +278,7 @@ def perturb(adata, model, tokenizer, genes, *, kind: str = "delete", fate_model=
 
 
 def _check_models(model, tokenizer, fate_model):
-    size = len(tokenizer.vocab)
-    if size != model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {size} tokens but the model expects vocab_size="
-                         f"{model.config.vocab_size}; use the tokenizer saved with the model.")
+    check_model_tokenizer(model, tokenizer)
     if fate_model is not None:
         if not hasattr(fate_model, "predict_fates"):
             raise TypeError("fate_model must be a fitted tflib.tl.TrajectoryAwareTranscriptformer (chapter 10).")
@@ -363,7 +390,9 @@ def perturb_summary(table: pd.DataFrame, *, min_cells: int = 1) -> pd.DataFrame:
     table
         The per-(cell, gene) table of :func:`perturb`.
     min_cells
-        Drop genes expressed in fewer cells than this.
+        Drop genes whose means rest on fewer cells than this: the cells that express the gene
+        for a deletion, every perturbed cell for an overexpression (so a gene that no cell
+        expresses keeps its row when it was overexpressed, with ``n_expressed`` 0).
 
     Returns
     -------
@@ -386,4 +415,4 @@ def perturb_summary(table: pd.DataFrame, *, min_cells: int = 1) -> pd.DataFrame:
     out.insert(0, "n_expressed", table[table["expressed"]].groupby("gene").size().reindex(out.index).fillna(0)
                .astype(int))
     out.insert(0, "n_cells", table.groupby("gene").size().reindex(out.index).astype(int))
-    return out[out["n_expressed"] >= min_cells]
+    return out[g.size().reindex(out.index).to_numpy() >= min_cells]                 # cells behind each mean
