@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 import tflib.tl as tl
+from tflib.validation import CountsError
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,18 @@ def test_bad_inputs(world):
     b.X[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         tl.LinearFateModel().fit(b, probs)
+
+
+def test_linear_model_slips_name_a_fix_that_works(world):
+    a, probs = world
+    with pytest.raises(ValueError, match="rows must sum to 1.*left out"):
+        tl.LinearFateModel().fit(a, probs[["A"]])
+    logged = a.copy()
+    logged.layers["counts"] = logged.X.copy()
+    logged.X = logged.X.astype(np.float64)
+    logged.X.data = np.log1p(logged.X.data) + 0.01
+    with pytest.raises(CountsError, match=r"tl.LinearFateModel\(layer='counts'\)"):
+        tl.LinearFateModel().fit(logged, probs)
+    m = tl.LinearFateModel(layer="counts").fit(logged, probs)          # the named fix
+    ref = tl.LinearFateModel().fit(a, probs)
+    np.testing.assert_allclose(m.predict_fates(logged).to_numpy(), ref.predict_fates(a).to_numpy(), atol=1e-8)

@@ -303,6 +303,12 @@ def test_real_data_counts_baselines_and_norman_doubles():
         df = R.additive_doubles(p, perturbation_key="perturbation", control="control", context_key="cell_type")
     assert sorted(df["double"]) == ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2",
                                     "MAPK1+TGFBR2"]
+    # without context_key the K562 and glioma controls would be pooled: a warning names the column
+    with pytest.warns(R.ResponseWarning, match=r"control cells span .*context_key='cell_type'"):
+        R.additive_doubles(p, perturbation_key="perturbation", control="control")
+    glioma = p[p.obs["dataset"] != p.obs.loc[p.obs["perturbation"].str.contains("+", regex=False), "dataset"].iloc[0]]
+    with pytest.raises(ValueError, match="single perturbations only"):
+        R.additive_doubles(glioma.copy(), perturbation_key="perturbation", control="control")
     assert (df["r2_additive"] > df["r2_no_change"]).all()
 
 

@@ -61,7 +61,7 @@ def test_power_and_sample_size_agree_with_statsmodels_and_each_other():
 @pytest.mark.parametrize("call, match", [
     (lambda: stats.rank_test([1, np.nan], [1, 2]), "x has 1 NaN"),
     (lambda: stats.rank_test([], [1, 2]), "x is empty"),
-    (lambda: stats.rank_test([1], [2], alternative="smaller"), "alternative='smaller'"),
+    (lambda: stats.rank_test([1], [2], alternative="bigger"), "alternative='bigger'"),
     (lambda: stats.permutation_test([1, 2], [3, np.inf]), "y has 1 NaN or infinite"),
     (lambda: stats.depletion_score([np.nan], [0.2]), "perturbed has 1 NaN"),
     (lambda: stats.power(0.0, 10), "non-zero Cohen's d"),
@@ -153,3 +153,37 @@ def test_with_intervals_formats_each_metric_once():
     assert list(out.columns) == ["auroc", "n_called"]
     assert out.loc["a", "auroc"] == "0.85 [0.70, 0.95]" and out.loc["b", "auroc"] == "–"
     assert table.shape == (2, 4)                                      # the input is not modified
+
+
+def test_slips_found_by_a_new_user_trial_are_handled():
+    table = _planted_table()
+    once = stats.test_hypotheses(table, "Beta", null_genes=["r1", "r2"], n_boot=99)
+    twice = stats.test_hypotheses(table, "Beta", null_genes=["r1", "r2", "r1"], n_boot=99)   # matched_random_genes repeats
+    assert once.equals(twice)
+    with pytest.raises(ValueError, match="neither was given"):
+        stats.test_hypotheses(table)
+    with pytest.raises(ValueError, match="both were given"):
+        stats.test_hypotheses(table, "Beta", score="fate_shift_Beta")
+    shown = stats.with_intervals(once)                                # auroc without bounds: left as it is
+    assert shown["auroc"].equals(once["auroc"])
+    ci = stats.with_intervals(once, metrics=["mean_shift"], bounds={"mean_shift": ("ci_low", "ci_high")}, digits=3)
+    assert "ci_low" not in ci and ci.loc["M", "mean_shift"].startswith(f"{once.loc['M', 'mean_shift']:.3f} [")
+
+
+def test_one_word_for_direction_and_clear_small_sample_errors():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 1, 30), rng.normal(1, 1, 30)
+    a = stats.rank_test(x, y, alternative="smaller")
+    assert a.equals(stats.rank_test(x, y, alternative="less"))           # power()'s word works here too
+    assert stats.permutation_test(x, y, alternative="larger", n_resamples=99).loc[0, "alternative"] == "greater"
+    with pytest.raises(ValueError, match="at least 2 values in each sample"):
+        stats.permutation_test([1.0], [2.0])
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.r_[np.zeros(10), np.ones(10)]
+    y_pred = rng.uniform(size=20)
+    y_pred[3] = np.nan
+    with pytest.raises(ValueError, match=r"y_pred has 1 cells with NaN .*positions \[3\].*keep = np.isfinite"):
+        stats.bootstrap_ci(roc_auc_score, y_true, y_pred, n_boot=20)
+    keep = np.isfinite(y_pred)
+    assert stats.bootstrap_ci(roc_auc_score, y_true[keep], y_pred[keep], n_boot=20) is not None   # the fix runs

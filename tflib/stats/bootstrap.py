@@ -65,6 +65,11 @@ def _as_array(values, name: str) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim == 0:
         raise ValueError(f"{name} must be a sequence with one entry per cell, got a scalar.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))
+        raise ValueError(f"{name} has {bad.size} cells with NaN or infinite values (e.g. positions "
+                         f"{bad[:5].tolist()}). Fix: drop those cells from both arrays, e.g. "
+                         f"keep = np.isfinite({name}); bootstrap_ci(fn, y_true[keep], y_pred[keep]).")
     return arr
 
 

@@ -23,6 +23,8 @@ import pandas as pd
 __all__ = ["rank_test", "permutation_test", "depletion_score", "test_hypotheses"]
 
 _ALTERNATIVES = ("two-sided", "less", "greater")
+#: The words of :mod:`tflib.stats.sizing` (statsmodels') accepted too, so one vocabulary works everywhere.
+_ALIASES = {"two-sided": "two-sided", "less": "less", "greater": "greater", "smaller": "less", "larger": "greater"}
 
 
 def _sample(values, name: str) -> np.ndarray:
@@ -34,14 +36,17 @@ def _sample(values, name: str) -> np.ndarray:
     if bad.any():
         where = ", ".join(str(int(i)) for i in np.flatnonzero(bad)[:5])
         raise ValueError(f"{name} has {int(bad.sum())} NaN or infinite values (positions {where}). "
-                         "Fix: drop those cells before testing (e.g. values[np.isfinite(values)]).")
+                         "Fix: drop those cells before testing (an array: values[np.isfinite(values)]; a "
+                         "perturbation table: table.dropna(subset=[the score column])).")
     return a
 
 
-def _check_alternative(alternative: str) -> None:
-    if alternative not in _ALTERNATIVES:
+def _check_alternative(alternative: str) -> str:
+    """SciPy's name of ``alternative`` (``"larger"``/``"smaller"`` are accepted as in ``power``)."""
+    if alternative not in _ALIASES:
         raise ValueError(f"alternative={alternative!r}; use one of {_ALTERNATIVES} "
-                         "('less': x tends to be smaller than y).")
+                         "('less' or 'smaller': x tends to be smaller than y; 'greater' or 'larger': bigger).")
+    return _ALIASES[alternative]
 
 
 def rank_test(x, y, *, alternative: str = "two-sided") -> pd.DataFrame:
@@ -52,7 +57,8 @@ def rank_test(x, y, *, alternative: str = "two-sided") -> pd.DataFrame:
     x, y
         The two samples (e.g. a fate's probability in perturbed and in control cells).
     alternative
-        ``"two-sided"``, ``"less"`` (x tends to be smaller) or ``"greater"``.
+        ``"two-sided"``, ``"less"`` (x tends to be smaller) or ``"greater"``; ``"smaller"`` and
+        ``"larger"`` (the words of :func:`tflib.stats.power`) mean the same.
 
     Returns
     -------
@@ -63,7 +69,7 @@ def rank_test(x, y, *, alternative: str = "two-sided") -> pd.DataFrame:
     """
     from scipy.stats import mannwhitneyu
 
-    _check_alternative(alternative)
+    alternative = _check_alternative(alternative)
     x, y = _sample(x, "x"), _sample(y, "y")
     res = mannwhitneyu(x, y, alternative=alternative, method="auto")
     return pd.DataFrame([{"statistic": float(res.statistic), "pvalue": float(res.pvalue),
@@ -86,8 +92,12 @@ def permutation_test(x, y, *, alternative: str = "two-sided", n_resamples: int =
     """
     from scipy.stats import permutation_test as _perm
 
-    _check_alternative(alternative)
+    alternative = _check_alternative(alternative)
     x, y = _sample(x, "x"), _sample(y, "y")
+    if min(len(x), len(y)) < 2:
+        raise ValueError(f"a permutation test needs at least 2 values in each sample (x has {len(x)}, y has "
+                         f"{len(y)}): one value per group cannot be shuffled into a null. Fix: add replicates "
+                         "(cells, or samples for a pseudobulk comparison).")
     if n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples}; use at least 1 (9,999 is a common choice).")
 
@@ -141,7 +151,9 @@ def test_hypotheses(table: pd.DataFrame, fate: str | None = None, direction: str
     direction
         ``"decrease"``, ``"increase"`` or ``"two-sided"``.
     null_genes
-        Genes whose shifts form the reference sample (default: every other gene).
+        Genes whose shifts form the reference sample (default: every other gene). A gene listed
+        twice counts once, so the ``random_gene`` column of
+        :func:`tflib.tl.matched_random_genes` can be passed as it is.
     alpha
         False discovery rate at which a hypothesis is called.
     n_boot, seed
@@ -163,7 +175,9 @@ def test_hypotheses(table: pd.DataFrame, fate: str | None = None, direction: str
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction={direction!r}; use 'decrease', 'increase' or 'two-sided'.")
     if (fate is None) == (score is None):
-        raise ValueError("give either fate= (scores fate_shift_<fate>) or score= (a score column), not both.")
+        given = "both were given" if fate is not None else "neither was given"
+        raise ValueError(f"give exactly one of fate= (scores fate_shift_<fate>) and score= (a score column); "
+                         f"{given}.")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha={alpha!r} is the FDR level of a 'supported' verdict and must lie in (0, 1), "
                          "e.g. 0.1.")
@@ -180,7 +194,7 @@ def test_hypotheses(table: pd.DataFrame, fate: str | None = None, direction: str
     values = {g: _sample(v, f"{column} of {g}") for g, v in acted.groupby("gene", sort=False)[column]}
     null = None
     if null_genes is not None:
-        null_genes = [null_genes] if isinstance(null_genes, str) else list(null_genes)
+        null_genes = [null_genes] if isinstance(null_genes, str) else list(dict.fromkeys(null_genes))  # once each
         if not null_genes:
             raise ValueError("null_genes is empty; pass the control genes (e.g. "
                              "tflib.tl.matched_random_genes), or null_genes=None to compare each gene "

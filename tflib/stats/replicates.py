@@ -21,7 +21,11 @@ def _counts(adata, layer):
 
     from tflib.validation import check_counts
 
-    check_counts(adata, layer=layer, fix="Pseudobulk DE sums counts and models them as counts.")
+    check_counts(adata, layer=layer, fix=(
+        "Pseudobulk DE sums counts and models them as counts. If the file holds no counts and they cannot "
+        "be rebuilt (tflib.pp.counts_from_lognorm says so), no count-based test applies: compare the "
+        "replicates' mean log-expression instead, one value per replicate and group, with "
+        "tflib.stats.permutation_test (or rank_test), then tflib.stats.fdr over genes."))
     return sp.csr_matrix(layer_matrix(adata, layer), dtype=np.float64)
 
 

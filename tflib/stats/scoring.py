@@ -96,7 +96,8 @@ def validation_table(scores: dict, truth, *, calls: dict | None = None, n_boot: 
     return pd.DataFrame(rows).T.rename_axis("predictor")
 
 
-def with_intervals(table: pd.DataFrame, metrics=("auroc", "precision", "recall"), *, digits: int = 2) -> pd.DataFrame:
+def with_intervals(table: pd.DataFrame, metrics=("auroc", "precision", "recall"), *, digits: int = 2,
+                   bounds: dict | None = None) -> pd.DataFrame:
     """Display form of a scored table: one ``"estimate [low, high]"`` text column per metric (chapters 12--13).
 
     Parameters
@@ -105,9 +106,13 @@ def with_intervals(table: pd.DataFrame, metrics=("auroc", "precision", "recall")
         A frame with ``<metric>``, ``<metric>_low`` and ``<metric>_high`` columns, e.g. the
         output of :func:`validation_table`. Other columns (such as ``n_called``) are kept.
     metrics
-        The metrics to format; those missing from ``table`` are skipped.
+        The metrics to format; those missing from ``table``, or without both bound columns, are
+        left as they are.
     digits
         Decimals shown.
+    bounds
+        Bound columns with other names, e.g. ``{"mean_shift": ("ci_low", "ci_high")}`` for the
+        output of :func:`tflib.stats.test_hypotheses`.
 
     Returns
     -------
@@ -116,11 +121,13 @@ def with_intervals(table: pd.DataFrame, metrics=("auroc", "precision", "recall")
         estimate is undefined). Meant for display only: keep ``table`` for computing.
     """
     out = table.copy()
+    bounds = dict(bounds or {})
     for m in metrics:
-        if m not in out:
+        lo_col, hi_col = bounds.get(m, (f"{m}_low", f"{m}_high"))
+        if m not in out or lo_col not in out or hi_col not in out:
             continue
-        est, low, high = (out[c].astype(float) for c in (m, f"{m}_low", f"{m}_high"))
+        est, low, high = (out[c].astype(float) for c in (m, lo_col, hi_col))
         out[m] = [("–" if not np.isfinite(e) else f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
                   for e, lo, hi in zip(est, low, high)]
-        out = out.drop(columns=[f"{m}_low", f"{m}_high"])
+        out = out.drop(columns=[lo_col, hi_col])
     return out

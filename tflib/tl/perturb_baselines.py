@@ -21,10 +21,17 @@ from tflib.validation import check_counts
 __all__ = ["LinearFateModel", "perturb_linear", "matched_random_genes"]
 
 
-def _lognorm(adata, layer):
+#: The counts advice of the fate model's paths: there the layer is the model's, fixed when it is built.
+_MODEL_LAYER_ADVICE = ("Fix: tell the model where the counts are when you build it, e.g. "
+                       "tl.LinearFateModel(layer='counts'), and fit it again (predict and tl.perturb_linear "
+                       "then read the same layer); if adata has no counts, rebuild them with "
+                       "tflib.pp.counts_from_lognorm. Counts are never normalised or log-transformed beforehand.")
+
+
+def _lognorm(adata, layer, advice: str | None = None):
     """``log1p(counts / total * 1e4)`` as a CSR float64 matrix (the input is not modified)."""
     X = adata.X if layer is None else adata.layers[layer]
-    check_counts(X, name="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    check_counts(X, name="adata.X" if layer is None else f"adata.layers[{layer!r}]", advice=advice)
     X = sp.csr_matrix(X, dtype=np.float64)
     totals = np.asarray(X.sum(1)).ravel()
     if (totals == 0).any():
@@ -68,9 +75,16 @@ class LinearFateModel:
         P = fate_probs.to_numpy(dtype=np.float64)
         if not np.isfinite(P).all() or (P < -1e-9).any():
             raise ValueError("fate_probs must be finite and non-negative (probability rows).")
+        off = np.abs(P.sum(1) - 1.0)
+        if (off > 1e-3).any():
+            i = int(np.argmax(off))
+            raise ValueError(f"fate_probs rows must sum to 1 over the fates; {int((off > 1e-3).sum())} do not (cell "
+                             f"{fate_probs.index[i]!r} sums to {P[i].sum():.3g}): was a fate column left out? Fix: "
+                             "pass every fate's column, or renormalise on purpose: "
+                             "fate_probs.div(fate_probs.sum(axis=1), axis=0).")
         P = np.clip(P, 0, None)
         P /= P.sum(1, keepdims=True)
-        X = _lognorm(adata[fate_probs.index], self.layer)                        # (n, G)
+        X = _lognorm(adata[fate_probs.index], self.layer, _MODEL_LAYER_ADVICE)                        # (n, G)
         K = P.shape[1]
         Xr = sp.vstack([X] * K).tocsr()                                          # (n*K, G): one copy per fate
         y = np.repeat(np.arange(K), X.shape[0])
@@ -105,7 +119,7 @@ class LinearFateModel:
     def predict_fates(self, adata) -> pd.DataFrame:
         """Fate probabilities of every cell of ``adata`` (cells × fates; rows sum to 1)."""
         self._check_genes(adata)
-        return pd.DataFrame(self._proba(_lognorm(adata, self.layer)), index=adata.obs_names, columns=self.fates)
+        return pd.DataFrame(self._proba(_lognorm(adata, self.layer, _MODEL_LAYER_ADVICE)), index=adata.obs_names, columns=self.fates)
 
     def _check_genes(self, adata):
         if self.clf is None:
@@ -153,7 +167,7 @@ def perturb_linear(adata, fate_model: LinearFateModel, genes, *, kind: str = "de
             raise KeyError(f"{len(unknown)} of the genes are not in adata ({unknown[:5]}); genes are "
                            "matched against adata.var_names.")
         cols = np.array([where[g] for g in asked])
-    X = _lognorm(adata, fate_model.layer).tocsc()                                # (n, G)
+    X = _lognorm(adata, fate_model.layer, _MODEL_LAYER_ADVICE).tocsc()                                # (n, G)
     W, b = fate_model.weights()                                                  # (K, G), (K,)
     z0 = np.asarray(X @ W.T) + b                                                 # (n, K) logits
     p0 = _softmax(z0)
@@ -199,6 +213,10 @@ def matched_random_genes(adata, genes, *, n_per_gene: int = 1, n_bins: int = 20,
         Genes of interest (``adata.var_names``).
     n_per_gene, n_bins, layer, exclude, seed
         Draws per gene; expression bins; where the counts are; genes never drawn; the seed.
+        The genes draw in turn from one random stream, so the same genes in another order
+        give another (equally valid) null; keep the order fixed to reproduce a table. A random
+        gene can be drawn for several genes: pass ``random_gene`` to
+        :func:`tflib.stats.test_hypotheses` as it is (repeats count once).
 
     Returns
     -------

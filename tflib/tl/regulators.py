@@ -146,6 +146,21 @@ def _check(adata, model, tokenizer, fate_key, fates, candidates, methods, pertur
     return methods, P, fates, names
 
 
+def _warn_outside_vocabulary(adata, tokenizer, cand, names, gene_key) -> None:
+    """Say so when the model methods cannot score some candidates (they are not in the vocabulary)."""
+    import warnings
+
+    colmap, _ = tokenizer.gene_columns(adata, gene_key=gene_key, check_coverage=False)
+    outside = [str(n) for n, c in zip(names, cand) if colmap[c] < 0]
+    if outside:
+        hint = ("; if adata names its genes differently from the vocabulary (e.g. simulator genes), label them "
+                "first with tflib.tl.vocab_labels(adata, tokenizer) and pass gene_key='tf_symbol'"
+                if gene_key is None else "")
+        warnings.warn(f"{len(outside)} of the {len(names)} candidates are not in the tokenizer's vocabulary "
+                      f"(e.g. {outside[:5]}): the attention and embedding methods score them NaN, ranked last"
+                      f"{hint}.", UserWarning, stacklevel=3)
+
+
 def rank_regulators(adata, *, model=None, tokenizer=None, fate_key: str = "fate_probs", fates=None,
                     candidates: Sequence[str] | None = None, methods: Sequence[str] | str = METHODS,
                     perturb_table: pd.DataFrame | None = None, gene_key: str | None = None, layer: str | None = None,
@@ -219,6 +234,8 @@ def rank_regulators(adata, *, model=None, tokenizer=None, fate_key: str = "fate_
     methods, P, fates, names = _check(adata, model, tokenizer, fate_key, fates, candidates, methods,
                                       perturb_table, gene_key, n_markers, max_cells, layer)
     cand = adata.var_names.get_indexer(names)                                     # (C,) columns of the candidates
+    if {"attention", "embedding"} & set(methods):
+        _warn_outside_vocabulary(adata, tokenizer, cand, names, gene_key)
     expr = _expression(adata, layer)                                              # (N, G)
     probs = P.to_numpy()                                                          # (N, F)
     top = probs.argmax(1)

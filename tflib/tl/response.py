@@ -182,6 +182,26 @@ def response_baselines(adata, *, condition_key: str, control: str, stimulated: s
 # --------------------------------------------------------------------------------------------
 # double perturbations
 # --------------------------------------------------------------------------------------------
+def _pooled_contexts(adata, pert, control, labels, *, exclude, max_values: int = 50):
+    """``[(column, values)]``: categorical ``obs`` columns over which the controls spread while some of
+    ``labels`` occur in only part of those values (different cell lines or datasets pooled)."""
+    found = []
+    is_ctrl = pert == control
+    for col in adata.obs.columns:
+        if col == exclude:
+            continue
+        series = adata.obs[col]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            continue
+        vals = series.astype(str).to_numpy()
+        ctrl_values = sorted(set(vals[is_ctrl]))
+        if not 2 <= len(ctrl_values) <= max_values:
+            continue
+        if any(set(vals[pert == lab]) < set(ctrl_values) for lab in labels):
+            found.append((col, ctrl_values))
+    return found
+
+
 def additive_doubles(adata, *, perturbation_key: str, control: str, separator: str = "+",
                      context_key: str | None = None, layer: str | None = None) -> pd.DataFrame:
     """The additive baseline for double perturbations, scored against the real doubles (chapter 11).
@@ -208,6 +228,8 @@ def additive_doubles(adata, *, perturbation_key: str, control: str, separator: s
         What joins the two genes of a double.
     context_key
         Optional ``obs`` column (cell line, dataset): every mean is taken within one context.
+        Without it, a :class:`ResponseWarning` names any ``obs`` column whose values split the
+        controls while the scored perturbations occur in only some of them.
     layer
         Layer with the log-normalised values.
 
@@ -258,8 +280,20 @@ def additive_doubles(adata, *, perturbation_key: str, control: str, separator: s
                 row.update({f"{k}_{name}": s[k] for k in ("r2", "pearson_r2", "delta_pearson", "delta_r2")})
             rows.append(row)
     if n_doubles == 0:
-        raise ValueError(f"No label of obs[{perturbation_key!r}] contains {separator!r}: no double perturbation "
-                         "found. Fix: pass separator= the character joining the two genes.")
+        raise ValueError(f"No label of obs[{perturbation_key!r}] contains {separator!r}, so no double perturbation "
+                         f"was found (labels e.g. {sorted(set(pert) - {control})[:8]}). Either these cells hold "
+                         "single perturbations only (then there is nothing to score), or their doubles are joined "
+                         "by another character: pass it as separator=.")
+    if context_key is None and rows:
+        used = {r["double"] for r in rows} | {r["single_a"] for r in rows} | {r["single_b"] for r in rows}
+        mixed = _pooled_contexts(adata, pert, control, used, exclude=perturbation_key)
+        if mixed:
+            finest = max(mixed, key=lambda cv: len(cv[1]))[0]
+            spans = "; ".join(f"obs[{c!r}]: {v[:5]}" for c, v in mixed[:4])
+            warnings.warn(f"The control cells span several values of {spans}, and some of the scored "
+                          f"perturbations occur in only part of them: without context_key every mean pools "
+                          f"those contexts. If they are different cell lines or datasets, pass the finest as "
+                          f"context_key, e.g. context_key={finest!r}.", ResponseWarning, stacklevel=2)
     if skipped:
         warnings.warn(f"Skipped {len(skipped)} of {n_doubles} doubles whose singles are not both measured: "
                       + "; ".join(skipped), ResponseWarning, stacklevel=2)
