@@ -834,9 +834,9 @@ per_reference
 #   {glue:text}`c12_auroc_lin:.2f` for the linear model, {glue:text}`c12_auroc_drv:.2f` for
 #   CellRank's drivers, {glue:text}`c12_auroc_cos:.2f` for Geneformer's goal cosine and
 #   {glue:text}`c12_auroc_rand:.2f` for a random ranking, with wide intervals. False calls:
-#   {glue:text}`c12_n_fp_lin` of the linear model's {glue:text}`c12_n_calls_lin` calls,
-#   {glue:text}`c12_n_fp_drv` of the drivers' {glue:text}`c12_n_calls_drv`, and
-#   {glue:text}`c12_n_fp_tf` of the Transcriptformer's {glue:text}`c12_n_calls_tf`.
+#   {glue:text}`c12_n_fp_lin` of the linear model's {glue:text}`c12_n_calls_lin` calls and
+#   {glue:text}`c12_n_fp_drv` of the drivers' {glue:text}`c12_n_calls_drv`; the
+#   Transcriptformer made {glue:text}`c12_n_calls_tf` calls ({glue:text}`c12_n_fp_tf` false).
 # - Cells are not replicates of a treatment: on null data, per-cell tests called
 #   {glue:text}`c12_fpr_cell:.0f` % of genes, pseudobulk {glue:text}`c12_fpr_bulk:.0f` %.
 # - Size the validation before running it: {glue:text}`c12_n80` replicates per group for the
