@@ -137,11 +137,15 @@ def footer(seed: int | None = None, extra: dict | None = None) -> None:
     is :func:`footer_info`. The runtime is measured from the first import of
     :mod:`tflib.utils` in the kernel.
     """
+    import sys
+
     info = footer_info(seed, extra)
     width = max(len(k) for k in info)
-    print(FOOTER_TITLE)
-    for k, v in info.items():
-        print(f"  {k:<{width}}  {v}")
+    lines = [FOOTER_TITLE] + [f"  {k:<{width}}  {v}" for k, v in info.items()]
+    # one write: a Jupyter kernel flushes stdout on a timer, and a flush between two prints
+    # split the table into two outputs (with a blank line in the first) in one book build
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def write_json(path, obj, overwrite: bool = False):
